@@ -1,0 +1,102 @@
+"""Every hyperparameter of a training run, in one frozen dataclass.
+
+`train.py` maps its flags 1:1 onto `TrainConfig` fields (`--batch-size` ->
+`batch_size`) and saves the config as `config.json` beside the run's artifacts,
+so a run can be reproduced or resumed from its directory alone.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from cgan_keras.artifacts import atomic_path
+
+# The seed preset is the MXNet-R tutorial: its networks, AdaDelta, 2,400 steps.
+PRESETS = {
+    "default": {},
+    "seed": dict(
+        steps=2400,
+        latent_dim=96,
+        generator_filters=(384, 192, 96),
+        discriminator_filters=(24, 32, 64),
+        optimizer="adadelta",
+        generator_learning_rate=1.0,
+        discriminator_learning_rate=1.0,
+        label_smoothing=0.0,
+    ),
+}
+CHOICES = {"preset": tuple(PRESETS), "optimizer": ("adam", "adadelta")}
+
+
+def _field(default, help):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one `train.py` run; each field's `help` says what it means.
+
+    Example:
+
+    >>> config = TrainConfig.from_preset("seed", steps=600)
+    >>> config.latent_dim
+    96
+    """
+
+    data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
+    preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
+    steps: int = _field(3000, "training steps (discriminator on fakes, on reals, then generator)")
+    batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
+    latent_dim: int = _field(64, "length of the noise vector fed to the generator")
+    generator_filters: tuple[int, ...] = _field(
+        (128, 64), "channels of the generator's hidden maps, smallest map first"
+    )
+    discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
+    optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
+    generator_learning_rate: float = _field(2e-4, "learning rate of the generator's optimizer")
+    discriminator_learning_rate: float = _field(2e-4, "learning rate of the discriminator's optimizer")
+    beta_1: float = _field(0.5, "Adam's first-moment decay")
+    label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")
+    sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
+    log_every: int = _field(100, "steps per row of history.csv (one Keras epoch); divides steps")
+    checkpoint_every: int = _field(500, "steps between resumable checkpoints")
+    seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
+    jit_compile: bool = _field(False, "compile the training step with XLA")
+    out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
+
+    @classmethod
+    def from_preset(cls, preset="default", **overrides):
+        """Returns the preset's config with `overrides` (field=value) applied."""
+        if preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {tuple(PRESETS)}. Received: preset={preset!r}")
+        return cls(**{**PRESETS[preset], "preset": preset, **overrides})
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
+        if self.steps % self.log_every:
+            raise ValueError(
+                "`steps` must be a multiple of `log_every` (one logged row per "
+                f"{self.log_every} steps). Received: steps={self.steps}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
+        for name in ("generator_filters", "discriminator_filters"):
+            # JSON gives lists back; the frozen config keeps tuples.
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def save(self, path):
+        """Writes the config as JSON to `path` (atomically)."""
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        """Reads a config written by `save`."""
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,250 @@
+"""`ConditionalGAN`: a `keras.Model` that trains a generator against a discriminator.
+
+Each training step follows the MXNet-R tutorial: generate fakes for random
+digits, update the discriminator on the fake batch (target fake), then on the
+real batch (target real), then update the generator through the discriminator
+with flipped labels (its fakes labelled real).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from cgan_keras import models
+
+
+@keras.saving.register_keras_serializable(package="cgan_keras")
+class ConditionalGAN(keras.Model):
+    """A conditional GAN on images of digits.
+
+    Calling the model on digits returns generated images, so it composes with
+    other Keras code; `fit` trains it on `(images, labels)`.
+
+    Args:
+        latent_dim: length of the noise vector.
+        num_classes: number of digit classes.
+        image_shape: `(H, W, C)` of the images.
+        generator: a model with inputs `{"digit": int32 (N,), "noise":
+            float32 (N, latent_dim)}` and output `(N, H, W, C)` in [-1, 1].
+            `None` builds `models.build_generator`.
+        discriminator: a model with inputs `{"image", "digit"}` and output
+            logits `(N, 1)`. `None` builds `models.build_discriminator`.
+        seed: seed of the noise and digits drawn in each step; `None` draws
+            a random one.
+
+    Example:
+
+    >>> images, labels = cgan_keras.load_data("builtin")
+    >>> gan = ConditionalGAN(latent_dim=64)
+    >>> gan.compile()
+    >>> gan.fit(images, labels, batch_size=64, epochs=1)
+    >>> nines = gan.generate([9] * 16, seed=0)  # float32 (16, 28, 28, 1) in [0, 1]
+    """
+
+    def __init__(
+        self,
+        latent_dim=64,
+        num_classes=models.NUM_CLASSES,
+        image_shape=models.IMAGE_SHAPE,
+        generator=None,
+        discriminator=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes
+        self.image_shape = tuple(image_shape)
+        self.seed = seed
+        self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
+        self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
+        self._check_networks()
+        self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_real_accuracy = keras.metrics.BinaryAccuracy(name="d_real_accuracy", threshold=0.0)
+        self.d_fake_accuracy = keras.metrics.BinaryAccuracy(name="d_fake_accuracy", threshold=0.0)
+        # Both networks are functional and built, so the wrapper is too: this is
+        # what lets save_weights, checkpoints and tf.distribute see its state.
+        self.built = True
+
+    def _check_networks(self):
+        noise_shape = tuple(self.generator.input["noise"].shape)
+        if noise_shape != (None, self.latent_dim):
+            raise ValueError(
+                f"The generator's `noise` input must have shape (None, {self.latent_dim}). "
+                f"Received: noise shape={noise_shape}"
+            )
+        if tuple(self.generator.output.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"The generator must output images of shape {self.image_shape}. "
+                f"Received: output shape={tuple(self.generator.output.shape[1:])}"
+            )
+
+    @property
+    def metrics(self):
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
+
+    def compile(
+        self,
+        generator_optimizer=None,
+        discriminator_optimizer=None,
+        label_smoothing=0.0,
+        **kwargs,
+    ):
+        """Configures training.
+
+        Args:
+            generator_optimizer: optimizer of the generator; `None` means
+                `Adam(2e-4, beta_1=0.5)`. It is also `model.optimizer`, whose
+                `iterations` count training steps (what callbacks read).
+            discriminator_optimizer: optimizer of the discriminator; `None`
+                means `Adam(2e-4, beta_1=0.5)`. It steps twice per training
+                step (fake batch, then real batch).
+            label_smoothing: one-sided smoothing: the discriminator's target
+                for real digits is `1 - label_smoothing`.
+            **kwargs: passed to `keras.Model.compile` (`jit_compile`,
+                `steps_per_execution`, `run_eagerly`).
+        """
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
+        generator_optimizer = keras.optimizers.get(generator_optimizer or _default_optimizer())
+        discriminator_optimizer = keras.optimizers.get(discriminator_optimizer or _default_optimizer())
+        super().compile(optimizer=generator_optimizer, **kwargs)
+        self.generator_optimizer = self.optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+        self.label_smoothing = label_smoothing
+        self.loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+        # Built now, not lazily in the first step, so that load_weights and
+        # BackupAndRestore find every optimizer variable to restore.
+        self.generator_optimizer.build(self.generator.trainable_variables)
+        self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+        self._compile_arguments = dict(
+            generator_optimizer=generator_optimizer,
+            discriminator_optimizer=discriminator_optimizer,
+            label_smoothing=label_smoothing,
+            **kwargs,
+        )
+
+    def get_compile_config(self):
+        return {name: keras.saving.serialize_keras_object(value) for name, value in self._compile_arguments.items()}
+
+    def compile_from_config(self, config):
+        self.compile(**{name: keras.saving.deserialize_keras_object(value) for name, value in config.items()})
+
+    def call(self, inputs, training=False):
+        """Generates images.
+
+        Args:
+            inputs: digits, int `(N,)` or one-hot `(N, num_classes)`, or a
+                tuple `(digits, noise)` with noise float32 `(N, latent_dim)`.
+            training: run BatchNorm in training mode.
+
+        Returns:
+            float32 `(N, H, W, C)` in [-1, 1].
+        """
+        if isinstance(inputs, (tuple, list)):
+            digits, noise = inputs
+        else:
+            digits, noise = inputs, None
+        digits = ops.convert_to_tensor(digits)
+        if len(digits.shape) == 2:
+            digits = ops.argmax(digits, axis=-1)
+        digits = ops.cast(digits, "int32")
+        if noise is None:
+            noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.seed_generator)
+        return self.generator({"digit": digits, "noise": noise}, training=training)
+
+    def generate(self, digits, seed=None, batch_size=1024):
+        """Generates one image per requested digit, in inference mode.
+
+        Args:
+            digits: ints in `[0, num_classes)`, shape `(N,)`.
+            seed: seed of the noise (`np.random.default_rng(seed)`); the same
+                seed gives the same images here and through the exported
+                SavedModel.
+            batch_size: digits generated per forward pass (bounds memory).
+
+        Returns:
+            numpy float32 `(N, H, W, C)` in [0, 1].
+        """
+        digits = np.asarray(digits, dtype="int32").reshape(-1)
+        if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
+            raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
+        noise = sample_noise(len(digits), self.latent_dim, seed)
+        batches = [
+            self.generator.predict_on_batch({"digit": digits[i : i + batch_size], "noise": noise[i : i + batch_size]})
+            for i in range(0, len(digits), batch_size)
+        ]
+        images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")
+        return (images + 1.0) / 2.0
+
+    def train_step(self, batch):
+        real_images, real_digits = batch
+        batch_size = ops.shape(real_images)[0]
+        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+        fake_digits = keras.random.randint((batch_size,), 0, self.num_classes, seed=self.seed_generator, dtype="int32")
+        fake_targets = ops.zeros((batch_size, 1))
+        real_targets = ops.ones((batch_size, 1))
+
+        # The fakes are generated once: the discriminator learns from them with
+        # the generator's tape paused, then the same forward pass is
+        # differentiated for the generator's update.
+        with tf.GradientTape() as generator_tape:
+            fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=True)
+            with generator_tape.stop_recording():
+                d_loss_fake, fake_logits = self._discriminator_step(fake_images, fake_digits, fake_targets)
+                d_loss_real, real_logits = self._discriminator_step(
+                    real_images, real_digits, real_targets * (1.0 - self.label_smoothing)
+                )
+            fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
+            g_loss = self.loss_fn(real_targets, fooled_logits)
+        generator_weights = self.generator.trainable_variables
+        self.generator_optimizer.apply(generator_tape.gradient(g_loss, generator_weights), generator_weights)
+
+        self.d_loss_tracker.update_state(d_loss_fake + d_loss_real)
+        self.g_loss_tracker.update_state(g_loss)
+        self.d_real_accuracy.update_state(real_targets, real_logits)
+        self.d_fake_accuracy.update_state(fake_targets, fake_logits)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def _discriminator_step(self, images, digits, targets):
+        with tf.GradientTape() as tape:
+            logits = self.discriminator({"image": images, "digit": digits}, training=True)
+            loss = self.loss_fn(targets, logits)
+        weights = self.discriminator.trainable_variables
+        self.discriminator_optimizer.apply(tape.gradient(loss, weights), weights)
+        return loss, logits
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            latent_dim=self.latent_dim,
+            num_classes=self.num_classes,
+            image_shape=self.image_shape,
+            seed=self.seed,
+            generator=keras.saving.serialize_keras_object(self.generator),
+            discriminator=keras.saving.serialize_keras_object(self.discriminator),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for network in ("generator", "discriminator"):
+            config[network] = keras.saving.deserialize_keras_object(config[network])
+        return cls(**config)
+
+
+def sample_noise(count, latent_dim, seed=None):
+    """Draws generator noise reproducibly.
+
+    Returns:
+        float32 `(count, latent_dim)` from a standard normal.
+    """
+    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
+
+
+def _default_optimizer():
+    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5)

@@ -1,0 +1,165 @@
+"""The generator and discriminator networks, as functional Keras models.
+
+Both take the digit as an int32 index and one-hot encode it inside the graph,
+so every caller (training, `generate`, the exported SavedModel) feeds the same
+`digit` input and none can get the encoding wrong.
+
+Why these sizes: on 2 CPU cores the step time is dominated by the 7x7 -> 14x14
+transposed convolution and the discriminator's first two convolutions, so
+the default networks keep two stride-2 stages with modest widths
+(generator 128 -> 64 channels, discriminator 64 -> 128) and no layer wider
+than it needs to be; `benchmarks/train_speed.py` measures the trade-off.
+"""
+
+import keras
+from keras import layers
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+
+def _one_hot(digit, num_classes, name):
+    # A built-in layer rather than a Lambda, so `.keras` files load in safe mode.
+    return layers.CategoryEncoding(num_tokens=num_classes, output_mode="one_hot", name=name)(digit)
+
+
+def build_generator(
+    latent_dim,
+    num_classes=NUM_CLASSES,
+    image_shape=IMAGE_SHAPE,
+    filters=(128, 64),
+    batch_norm_scale=True,
+    synchronized_batch_norm=False,
+    name="generator",
+):
+    """Builds the generator: noise + one-hot digit -> image.
+
+    The concatenated vector is a 1x1 map that `Conv2DTranspose` layers grow
+    to the image size: one valid transposed conv to `H/4 - 3*(len(filters)-2)`,
+    stride-1 valid kernel-4 layers (+3 pixels each) up to `H/4`, then two
+    stride-2 layers to `H/2` and `H`. Hidden layers use BatchNorm + ReLU and
+    no bias (BatchNorm's offset replaces it); the output is `tanh`, in float32
+    whatever the dtype policy.
+
+    Args:
+        latent_dim: length of the noise vector.
+        num_classes: number of digit classes.
+        image_shape: `(H, W, C)` of the images, `H == W`, divisible by 4.
+        filters: channels of the hidden maps, smallest map first; at least 2.
+        batch_norm_scale: whether BatchNorm learns a scale (the seed fixes it).
+        synchronized_batch_norm: share BatchNorm statistics across replicas.
+        name: model name.
+
+    Returns:
+        A `keras.Model` with inputs `{"digit": int32 (N,), "noise": float32
+        (N, latent_dim)}` and output float32 `(N, H, W, C)` in [-1, 1].
+    """
+    height, width, channels = image_shape
+    base_size = height // 4
+    stem_size = base_size - 3 * (len(filters) - 2)
+    if height != width or height % 4 or len(filters) < 2 or stem_size < 1:
+        raise ValueError(
+            "Expected a square image_shape with a side divisible by 4 and at least 2 filters "
+            f"that fit it. Received: image_shape={image_shape}, filters={filters}"
+        )
+    digit = keras.Input(shape=(), dtype="int32", name="digit")
+    noise = keras.Input(shape=(latent_dim,), name="noise")
+    x = layers.Concatenate(name="noise_and_digit")([noise, _one_hot(digit, num_classes, "digit_one_hot")])
+    x = layers.Reshape((1, 1, latent_dim + num_classes))(x)
+    kernel_sizes = [stem_size] + [4] * (len(filters) - 2)
+    for index, (kernel_size, width_channels) in enumerate(zip(kernel_sizes, filters[:-1], strict=True)):
+        x = layers.Conv2DTranspose(width_channels, kernel_size, use_bias=False, name=f"upsample_{index}")(x)
+        x = _batch_norm_relu(x, batch_norm_scale, synchronized_batch_norm, index)
+    x = layers.Conv2DTranspose(
+        filters[-1], 4, strides=2, padding="same", use_bias=False, name=f"upsample_{len(filters) - 1}"
+    )(x)
+    x = _batch_norm_relu(x, batch_norm_scale, synchronized_batch_norm, len(filters) - 1)
+    x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="to_image")(x)
+    image = layers.Activation("tanh", dtype="float32", name="image")(x)
+    return keras.Model({"digit": digit, "noise": noise}, image, name=name)
+
+
+def _batch_norm_relu(x, scale, synchronized, index):
+    x = layers.BatchNormalization(scale=scale, synchronized=synchronized, name=f"batch_norm_{index}")(x)
+    return layers.ReLU(name=f"relu_{index}")(x)
+
+
+def build_discriminator(
+    num_classes=NUM_CLASSES,
+    image_shape=IMAGE_SHAPE,
+    filters=(64, 128),
+    name="discriminator",
+):
+    """Builds the default discriminator: image + broadcast one-hot digit -> logit.
+
+    The one-hot digit is tiled to `(H, W, num_classes)` and concatenated with
+    the image, then stride-2 4x4 convolutions with LeakyReLU halve the map
+    per filter, and a dense layer gives one logit. No BatchNorm: batch
+    statistics would mix the all-real and all-fake batches the seed's
+    algorithm feeds separately.
+
+    Args:
+        num_classes: number of digit classes.
+        image_shape: `(H, W, C)` of the images.
+        filters: channels of the stride-2 convolutions.
+        name: model name.
+
+    Returns:
+        A `keras.Model` with inputs `{"image": float32 (N, H, W, C) in
+        [-1, 1], "digit": int32 (N,)}` and output float32 logits `(N, 1)`.
+    """
+    image, digit, x = _discriminator_inputs(num_classes, image_shape)
+    for index, width_channels in enumerate(filters):
+        x = layers.Conv2D(width_channels, 4, strides=2, padding="same", name=f"conv_{index}")(x)
+        x = layers.LeakyReLU(negative_slope=0.2, name=f"leaky_relu_{index}")(x)
+    x = layers.Flatten()(x)
+    logit = layers.Dense(1, dtype="float32", name="logit")(x)
+    return keras.Model({"image": image, "digit": digit}, logit, name=name)
+
+
+def build_seed_discriminator(
+    num_classes=NUM_CLASSES,
+    image_shape=IMAGE_SHAPE,
+    filters=(24, 32, 64),
+    synchronized_batch_norm=False,
+    name="discriminator",
+):
+    """Builds the MXNet-R tutorial's discriminator.
+
+    conv 3x3/`filters[0]` -> max-pool 2 -> conv 3x3 stride 2/`filters[1]` ->
+    conv 4x4/`filters[2]` -> dense logit; each conv without bias, followed by
+    BatchNorm and ELU(alpha=0.25).
+
+    Args:
+        num_classes: number of digit classes.
+        image_shape: `(H, W, C)` of the images.
+        filters: the three conv widths.
+        synchronized_batch_norm: share BatchNorm statistics across replicas.
+        name: model name.
+
+    Returns:
+        A `keras.Model` like `build_discriminator`'s.
+    """
+    image, digit, x = _discriminator_inputs(num_classes, image_shape)
+    convolutions = [(3, 1, "same"), (3, 2, "same"), (4, 1, "valid")]
+    for index, (width_channels, (kernel_size, strides, padding)) in enumerate(zip(filters, convolutions, strict=True)):
+        x = layers.Conv2D(
+            width_channels, kernel_size, strides=strides, padding=padding, use_bias=False, name=f"conv_{index}"
+        )(x)
+        x = layers.BatchNormalization(synchronized=synchronized_batch_norm, name=f"batch_norm_{index}")(x)
+        x = layers.ELU(alpha=0.25, name=f"elu_{index}")(x)
+        if index == 0:
+            x = layers.MaxPooling2D(name="max_pool")(x)
+    x = layers.Flatten()(x)
+    logit = layers.Dense(1, use_bias=False, dtype="float32", name="logit")(x)
+    return keras.Model({"image": image, "digit": digit}, logit, name=name)
+
+
+def _discriminator_inputs(num_classes, image_shape):
+    image = keras.Input(shape=image_shape, name="image")
+    digit = keras.Input(shape=(), dtype="int32", name="digit")
+    height, width, _ = image_shape
+    one_hot = _one_hot(digit, num_classes, "digit_one_hot")
+    digit_map = layers.Reshape((1, 1, num_classes))(one_hot)
+    digit_map = layers.UpSampling2D(size=(height, width), name="digit_map")(digit_map)
+    return image, digit, layers.Concatenate(name="image_and_digit")([image, digit_map])
