@@ -58,8 +58,7 @@ class TrainConfig:
     beta_1: float = _field(0.5, "Adam's first-moment decay")
     label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
-    log_every: int = _field(100, "steps per row of history.csv (one Keras epoch); divides steps")
-    checkpoint_every: int = _field(500, "steps between resumable checkpoints")
+    log_every: int = _field(100, "steps per row of history.csv and per checkpoint (one Keras epoch); divides steps")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: bool = _field(False, "compile the training step with XLA")
     out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
@@ -72,7 +71,7 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every")
+        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from cgan_keras import models
+from cgan_keras import data, models
 
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
@@ -180,13 +180,89 @@ class ConditionalGAN(keras.Model):
         images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")
         return (images + 1.0) / 2.0
 
+    def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
+        """Trains on `(images, labels)`, checked once here rather than in every step.
+
+        Accepts arrays `x` (images float `(N, 28, 28, 1)` in [-1, 1]) and `y`
+        (int `(N,)` or one-hot `(N, 10)`), or a `tf.data.Dataset` of such
+        `(images, labels)` batches. Arrays are batched with
+        `drop_remainder=True`: a short last batch would skew BatchNorm's
+        statistics and the balance of the step. Other arguments are
+        `keras.Model.fit`'s.
+
+        Raises:
+            ValueError: the data are not digits of the expected shape, range
+                and classes.
+        """
+        if isinstance(x, tf.data.Dataset):
+            x = self._standardize_dataset(x)
+        elif x is not None:
+            if kwargs.get("validation_split"):
+                x, y, validation_data = self._split_validation(x, y, kwargs.pop("validation_split"))
+            x = self._dataset_from_arrays(
+                x, y, batch_size or 32, shuffle, repeat=kwargs.get("steps_per_epoch") is not None
+            )
+            y = batch_size = None
+        if isinstance(validation_data, (tuple, list)):
+            validation_data = data.check_digits(*validation_data[:2], self.image_shape, self.num_classes)
+        elif isinstance(validation_data, tf.data.Dataset):
+            validation_data = self._standardize_dataset(validation_data)
+        if isinstance(x, tf.data.Dataset):
+            shuffle = False  # datasets shuffle themselves; Keras would only warn
+        return super().fit(x, y, batch_size=batch_size, shuffle=shuffle, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        """Reports the losses and accuracies of `test_step` on `(images, labels)`; updates nothing."""
+        if isinstance(x, tf.data.Dataset):
+            x = self._standardize_dataset(x)
+        elif x is not None:
+            x, y = data.check_digits(x, y, self.image_shape, self.num_classes)
+        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
+
+    def _dataset_from_arrays(self, images, labels, batch_size, shuffle, repeat):
+        images, labels = data.check_digits(images, labels, self.image_shape, self.num_classes)
+        if len(images) < batch_size:
+            raise ValueError(
+                f"Expected at least one full batch of digits. Received: {len(images)} digits, batch_size={batch_size}"
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        if shuffle:
+            dataset = dataset.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+        # steps_per_epoch may span more than one pass over the digits.
+        return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)
+
+    @staticmethod
+    def _split_validation(images, labels, fraction):
+        # Like Keras: the last `fraction` of the arrays, taken before shuffling.
+        split = int(len(images) * (1 - fraction))
+        return images[:split], labels[:split], (images[split:], labels[split:])
+
+    def _standardize_dataset(self, dataset):
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(f"Expected a dataset of (images, labels) batches. Received: element_spec={spec}")
+        image_spec, label_spec = spec
+        image_shape = tuple(image_spec.shape[1:])
+        one_hot_labels = label_spec.shape.rank == 2 and label_spec.shape[-1] == self.num_classes
+        if image_shape != self.image_shape or not (label_spec.shape.rank == 1 or one_hot_labels):
+            raise ValueError(
+                f"Expected batches of images (N, {', '.join(map(str, self.image_shape))}) and labels (N,) or "
+                f"(N, {self.num_classes}). Received: element_spec={spec}"
+            )
+
+        def standardize(images, labels):
+            if one_hot_labels:
+                labels = tf.argmax(labels, axis=-1)
+            return tf.cast(images, "float32"), tf.cast(labels, "int32")
+
+        return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)
+
     def train_step(self, batch):
-        real_images, real_digits = batch
-        batch_size = ops.shape(real_images)[0]
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        fake_digits = keras.random.randint((batch_size,), 0, self.num_classes, seed=self.seed_generator, dtype="int32")
-        fake_targets = ops.zeros((batch_size, 1))
-        real_targets = ops.ones((batch_size, 1))
+        real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        noise, fake_digits = self._sample_latents(ops.shape(real_images)[0])
+        fake_targets = ops.zeros_like(fake_digits, dtype="float32")[:, None]
+        real_targets = ops.ones_like(fake_targets)
 
         # The fakes are generated once: the discriminator learns from them with
         # the generator's tape paused, then the same forward pass is
@@ -202,11 +278,32 @@ class ConditionalGAN(keras.Model):
             g_loss = self.loss_fn(real_targets, fooled_logits)
         generator_weights = self.generator.trainable_variables
         self.generator_optimizer.apply(generator_tape.gradient(g_loss, generator_weights), generator_weights)
+        return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
-        self.d_loss_tracker.update_state(d_loss_fake + d_loss_real)
+    def test_step(self, batch):
+        real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        noise, fake_digits = self._sample_latents(ops.shape(real_images)[0])
+        fake_targets = ops.zeros_like(fake_digits, dtype="float32")[:, None]
+        real_targets = ops.ones_like(fake_targets)
+        fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=False)
+        fake_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=False)
+        real_logits = self.discriminator({"image": real_images, "digit": real_digits}, training=False)
+        d_loss = self.loss_fn(fake_targets, fake_logits) + self.loss_fn(
+            real_targets * (1.0 - self.label_smoothing), real_logits
+        )
+        g_loss = self.loss_fn(real_targets, fake_logits)
+        return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
+
+    def _sample_latents(self, batch_size):
+        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+        digits = keras.random.randint((batch_size,), 0, self.num_classes, seed=self.seed_generator, dtype="int32")
+        return noise, digits
+
+    def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):
+        self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
-        self.d_real_accuracy.update_state(real_targets, real_logits)
-        self.d_fake_accuracy.update_state(fake_targets, fake_logits)
+        self.d_real_accuracy.update_state(ops.ones_like(real_logits), real_logits)
+        self.d_fake_accuracy.update_state(ops.zeros_like(fake_logits), fake_logits)
         return {metric.name: metric.result() for metric in self.metrics}
 
     def _discriminator_step(self, images, digits, targets):

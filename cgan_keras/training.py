@@ -6,7 +6,7 @@ tests. Layout of a run directory:
     config.json       every hyperparameter (written first)
     samples/          step_000001.png, step_000100.png, ...
     history.csv       one row per `log_every` steps (Keras epoch)
-    checkpoint/       resumable state while the run is unfinished
+    checkpoint/       resumable state, saved every `log_every` steps, while the run is unfinished
     generator/        SavedModel (serving_default: digit, noise -> images)
     generator.keras   the generator as a Keras file
     gan.keras         the whole ConditionalGAN, optimizers included
@@ -86,7 +86,7 @@ def prepare_directory(config, resume=False, overwrite=False):
     config.save(out / "config.json")
 
 
-def run(config, images, labels, resume=False, verbose=1):
+def run(config, images, labels, resume=False, callbacks=(), verbose=1):
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
     Call `prepare_directory` first. With `resume`, training continues from the
@@ -98,6 +98,7 @@ def run(config, images, labels, resume=False, verbose=1):
         images: float32 `(N, 28, 28, 1)` in [-1, 1].
         labels: int32 `(N,)` in 0..9.
         resume: continue from the checkpoint if one exists.
+        callbacks: more Keras callbacks, run after the run's own.
         verbose: Keras `fit` verbosity (1: progress bar).
 
     Returns:
@@ -109,12 +110,15 @@ def run(config, images, labels, resume=False, verbose=1):
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
     callbacks = [
         # First, so that the callbacks after it see the restored step counter.
+        # Saved at epoch ends only: Keras 3 restarts an epoch from its first
+        # batch on restore, so only an epoch-end checkpoint resumes exactly.
         keras.callbacks.BackupAndRestore(
-            out / "checkpoint", save_freq=config.checkpoint_every, double_checkpoint=True, delete_checkpoint=False
+            out / "checkpoint", save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
         ),
         SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed),
         keras.callbacks.CSVLogger(out / "history.csv", append=resume),
         keras.callbacks.TerminateOnNaN(),
+        *callbacks,
     ]
     history = gan.fit(
         dataset,

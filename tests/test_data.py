@@ -22,7 +22,7 @@ def random_digits(count, seed=0):
 
 def write_csv(path, pixels, labels, edit=None):
     """Writes a train.csv; `edit(cells)` may change the str cells, one list per data row."""
-    cells = [[str(label), *map(str, image.ravel())] for image, label in zip(pixels, labels)]
+    cells = [[str(label), *map(str, image.ravel())] for image, label in zip(pixels, labels, strict=True)]
     if edit:
         edit(cells)
     path.parent.mkdir(parents=True, exist_ok=True)

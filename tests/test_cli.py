@@ -1,0 +1,91 @@
+"""train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = [
+    "--data", "builtin", "--steps", "4", "--log-every", "2", "--sample-every", "2", "--batch-size", "16",
+    "--latent-dim", "8", "--generator-filters", "8", "4", "--discriminator-filters", "4", "8",
+]  # fmt: skip
+
+
+def run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny real training run on the builtin digits, shared by the infer tests."""
+    work = tmp_path_factory.mktemp("cli")
+    result = run("train.py", *TINY_TRAIN, "--out", "run", cwd=work)
+    assert result.returncode == 0, result.stderr
+    return work, result
+
+
+def test_train_writes_every_artifact(trained_run):
+    work, result = trained_run
+    out = work / "run"
+    assert "data: builtin (5,000 digits)" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "gan.keras", "generator", "generator.keras", "history.csv", "samples",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
+                                                                   "step_000004.png"]  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 4 and config["data"] == "builtin" and config["generator_filters"] == [8, 4]
+    assert len((out / "history.csv").read_text().splitlines()) == 3  # header + one row per 2 steps
+
+
+def test_infer_writes_a_grid_and_reproducible_arrays(trained_run):
+    work, _ = trained_run
+    model = str(work / "run" / "generator")
+    for name in ("a", "b"):
+        result = run("infer.py", "--model", model, "--digit", "7", "--count", "5", "--seed", "3",
+                     "--out", f"{name}.png", "--npy", f"{name}.npy", cwd=work)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    images = np.load(work / "a.npy")
+    assert images.shape == (5, 28, 28, 1) and images.dtype == np.float32
+    np.testing.assert_array_equal(images, np.load(work / "b.npy"))
+    assert (work / "a.png").stat().st_size > 0
+    result = run("infer.py", "--model", model, "--digit", "all", "--count", "2", "--out", "all.png", cwd=work)
+    assert result.returncode == 0 and "20 of 20 digits shown" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("infer.py", ["--digit", "10"], "--digit must be 0-9 or `all`. Received: --digit 10"),
+        ("infer.py", ["--digit", "x"], "--digit must be 0-9 or `all`"),
+        ("infer.py", ["--digit", "3", "--count", "0"], "--count must be a positive integer"),
+        ("infer.py", ["--digit", "3", "--model", "missing"], "--model missing is not a directory"),
+        ("train.py", ["--steps", "0"], "`steps` must be a positive integer. Received: steps=0"),
+        ("train.py", ["--batch-size", "0"], "`batch_size` must be a positive integer"),
+        ("train.py", ["--steps", "150"], "`steps` must be a multiple of `log_every`"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, script, args, message):
+    result = run(script, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_infer_rejects_a_directory_that_is_not_a_generator(trained_run):
+    work, _ = trained_run
+    result = run("infer.py", "--model", str(work / "run" / "samples"), "--digit", "1", cwd=work)
+    assert result.returncode == 2
+    assert "is not a generator SavedModel" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_train_refuses_to_overwrite_a_previous_run(trained_run):
+    work, _ = trained_run
+    result = run("train.py", *TINY_TRAIN, "--out", "run", cwd=work)
+    assert result.returncode == 2
+    assert "pass --resume to continue that run or --overwrite to replace it" in result.stderr.splitlines()[-1]

@@ -1,0 +1,169 @@
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LATENT_DIM, tiny_gan
+
+from cgan_keras.gan import ConditionalGAN
+
+
+def weights_of(model):
+    return [weight.numpy() for weight in model.trainable_weights]
+
+
+def changed(before, after):
+    return any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
+
+
+def test_one_train_step_updates_both_networks_and_counts_one_step(digits):
+    gan = tiny_gan()
+    generator_before, discriminator_before = weights_of(gan.generator), weights_of(gan.discriminator)
+    logs = gan.train_on_batch(*digits, return_dict=True)
+    assert changed(generator_before, weights_of(gan.generator))
+    assert changed(discriminator_before, weights_of(gan.discriminator))
+    assert int(gan.optimizer.iterations) == 1  # the generator's optimizer counts steps
+    assert int(gan.discriminator_optimizer.iterations) == 2  # fake batch, then real batch
+    assert set(logs) == {"d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
+    assert all(np.isfinite(value) for value in logs.values())
+
+
+def test_generator_update_goes_through_the_discriminator_with_flipped_labels(digits):
+    gan = tiny_gan()
+    gan.generator_optimizer.learning_rate.assign(0.05)
+    gan.discriminator_optimizer.learning_rate.assign(0.0)
+    digit = tf.constant(np.repeat(np.arange(10, dtype="int32"), 20))
+    noise = tf.random.stateless_normal((200, LATENT_DIM), seed=(1, 2))
+
+    def fooled():
+        fakes = gan.generator({"digit": digit, "noise": noise}, training=False)
+        return float(np.mean(gan.discriminator({"image": fakes, "digit": digit}, training=False)))
+
+    before = fooled()
+    for _ in range(5):
+        gan.train_on_batch(*digits)
+    assert fooled() > before  # the generator learned to make the frozen critic say "real"
+
+
+def test_fit_accepts_int_and_one_hot_labels_and_datasets(digits):
+    images, labels = digits
+    one_hot = keras.utils.to_categorical(labels, 10)  # float64 in Keras 3
+    for x, y in [(images, labels), (images, one_hot)]:
+        history = tiny_gan().fit(x, y, batch_size=16, epochs=2, verbose=0)
+        assert len(history.history["d_loss"]) == 2
+    dataset = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(16)
+    gan = tiny_gan()
+    gan.fit(dataset, epochs=1, verbose=0)
+    assert int(gan.optimizer.iterations) == 4
+
+
+def test_fit_drops_the_partial_last_batch_and_honours_steps_per_epoch(digits):
+    images, labels = digits
+    gan = tiny_gan()
+    gan.fit(images[:50], labels[:50], batch_size=16, epochs=2, verbose=0)
+    assert int(gan.optimizer.iterations) == 6  # 3 full batches per epoch; the 2 leftovers are dropped
+    gan.fit(images, labels, batch_size=16, epochs=3, initial_epoch=1, steps_per_epoch=5, verbose=0)
+    assert int(gan.optimizer.iterations) == 16
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((8, 32, 32, 1), "float32"), np.zeros(8, "int32"), r"images of shape \(N, 28, 28, 1\)"),
+        (np.full((8, 28, 28, 1), 255.0, "float32"), np.zeros(8, "int32"), r"in \[-1, 1\]"),
+        (np.zeros((8, 28, 28, 1), "float32"), np.full(8, 10), r"class indices in 0..9.*labels\[0\]=10"),
+        (np.zeros((8, 28, 28, 1), "float32"), np.zeros(7, "int32"), "one label per image"),
+    ],
+    ids=["shape", "range", "label", "count"],
+)
+def test_fit_rejects_data_that_are_not_digits(images, labels, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_gan().fit(images, labels, batch_size=4, verbose=0)
+
+
+def test_fit_rejects_a_dataset_of_the_wrong_shape():
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((8, 32, 32, 3), "float32"), np.zeros(8))).batch(4)
+    with pytest.raises(ValueError, match="element_spec"):
+        tiny_gan().fit(dataset, verbose=0)
+
+
+def test_evaluate_and_validation_data_report_losses_without_updating(digits):
+    gan = tiny_gan()
+    before = weights_of(gan)
+    results = gan.evaluate(*digits, batch_size=16, return_dict=True, verbose=0)
+    assert set(results) == {"d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
+    assert not changed(before, weights_of(gan))
+    assert int(gan.optimizer.iterations) == 0
+    history = gan.fit(*digits, batch_size=16, validation_data=digits, epochs=1, verbose=0)
+    assert np.isfinite(history.history["val_d_loss"][0])
+
+
+def test_calling_or_predicting_on_digits_returns_images():
+    gan = tiny_gan()
+    digits = np.array([1, 2, 3], "int32")
+    assert tuple(gan(digits).shape) == (3, 28, 28, 1)
+    assert gan.predict(keras.utils.to_categorical(digits, 10), verbose=0).shape == (3, 28, 28, 1)
+    noise = np.zeros((3, LATENT_DIM), "float32")
+    np.testing.assert_allclose(gan((digits, noise)), gan((digits, noise)))
+
+
+def test_generate_is_reproducible_and_in_unit_range():
+    gan = tiny_gan()
+    images = gan.generate([0, 4, 9, 9], seed=3)
+    assert images.shape == (4, 28, 28, 1) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(images, gan.generate([0, 4, 9, 9], seed=3))
+    assert not np.array_equal(images, gan.generate([0, 4, 9, 9], seed=4))
+    with pytest.raises(ValueError, match="Digits must be in"):
+        gan.generate([10])
+
+
+def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
+    gan = tiny_gan()
+    gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    gan.save(tmp_path / "gan.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "compile() was not called" and no unbuilt-state warnings
+        loaded = keras.models.load_model(tmp_path / "gan.keras")  # safe_mode, no custom_objects
+    assert isinstance(loaded, ConditionalGAN)
+    np.testing.assert_allclose(loaded.generate(range(10), seed=0), gan.generate(range(10), seed=0), atol=1e-6)
+    assert int(loaded.optimizer.iterations) == 4
+    assert int(loaded.discriminator_optimizer.iterations) == 8
+    for original, restored in zip(gan.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(original, restored)
+    loaded.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations) == 8
+
+
+def test_weights_round_trip_restores_both_optimizers(tmp_path, digits):
+    gan = tiny_gan()
+    gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    gan.save_weights(tmp_path / "gan.weights.h5")
+    fresh = tiny_gan(seed=1)
+    fresh.load_weights(tmp_path / "gan.weights.h5")
+    for original, restored in zip(weights_of(gan), weights_of(fresh), strict=True):
+        np.testing.assert_array_equal(original, restored)
+    assert int(fresh.discriminator_optimizer.iterations) == 8
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    gan = tiny_gan()
+    clone = ConditionalGAN.from_config(gan.get_config())
+    assert clone.latent_dim == gan.latent_dim and clone.image_shape == gan.image_shape
+    assert [w.shape for w in clone.weights] == [w.shape for w in gan.weights]
+
+
+def test_same_seed_gives_identical_weights_after_training(digits):
+    def train():
+        gan = tiny_gan(seed=7)
+        gan.fit(*digits, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        return weights_of(gan)
+
+    for first, second in zip(train(), train(), strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_mismatched_generator_is_rejected():
+    with pytest.raises(ValueError, match="noise"):
+        ConditionalGAN(latent_dim=16, generator=tiny_gan(compile=False).generator)

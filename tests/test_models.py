@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cgan_keras import models
+
+
+@pytest.mark.parametrize(
+    "filters, batch_norm_scale", [((8, 4), True), ((384, 192, 96), False)], ids=["default", "seed"]
+)
+def test_generator_maps_noise_and_digit_to_an_image_in_tanh_range(filters, batch_norm_scale):
+    generator = models.build_generator(latent_dim=6, filters=filters, batch_norm_scale=batch_norm_scale)
+    noise = np.random.default_rng(0).standard_normal((5, 6)).astype("float32") * 10
+    images = generator({"digit": np.arange(5, dtype="int32"), "noise": noise}, training=False)
+    assert images.shape == (5, 28, 28, 1)
+    assert images.dtype == "float32"
+    assert np.all(np.abs(images) <= 1)
+    assert [layer.__class__.__name__ for layer in generator.layers].count("Conv2DTranspose") == len(filters) + 1
+
+
+def test_generator_output_depends_on_the_digit():
+    generator = models.build_generator(latent_dim=6, filters=(8, 4))
+    noise = np.ones((2, 6), "float32")
+    images = np.asarray(generator({"digit": np.array([3, 7], "int32"), "noise": noise}, training=False))
+    assert not np.allclose(images[0], images[1])
+
+
+@pytest.mark.parametrize(
+    "build", [models.build_discriminator, models.build_seed_discriminator], ids=["default", "seed"]
+)
+def test_discriminator_sees_the_image_with_the_broadcast_digit_and_outputs_one_logit(build):
+    discriminator = build()
+    digit_map = discriminator.get_layer("image_and_digit")
+    assert tuple(digit_map.output.shape) == (None, 28, 28, 11)
+    image = np.zeros((3, 28, 28, 1), "float32")
+    logits = np.asarray(discriminator({"image": image, "digit": np.array([0, 5, 9], "int32")}, training=False))
+    assert logits.shape == (3, 1)
+    assert len(set(np.round(logits[:, 0], 6))) == 3  # the digit alone changes the verdict
+
+
+def test_generator_rejects_filters_that_do_not_fit_the_image():
+    with pytest.raises(ValueError, match="Received: image_shape=.*filters="):
+        models.build_generator(latent_dim=4, filters=(8, 8, 8, 8, 8))
