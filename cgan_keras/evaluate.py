@@ -34,16 +34,12 @@ def parse_args(argv):
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, default=argparse.SUPPRESS, help="generator SavedModel directory"
-    )
+    parser.add_argument("--model", required=True, default=argparse.SUPPRESS, help="generator SavedModel directory")
     parser.add_argument("--data", default="auto", help="auto, builtin, mnist, PATH.csv or PATH.npz")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits of each class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator's noise")
     parser.add_argument("--judge-dir", default="saved_models/judge", help="cache of trained judges")
-    parser.add_argument(
-        "--out", help="JSON file for the results; None means eval.json beside the model directory"
-    )
+    parser.add_argument("--out", help="JSON file for the results; None means eval.json beside the model directory")
     return parser.parse_args(argv)
 
 

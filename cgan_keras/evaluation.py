@@ -75,9 +75,7 @@ class Judge:
         return tuple(self._features_and_probabilities.predict(images, batch_size=BATCH_SIZE, verbose=0))
 
 
-def load_or_train_judge(
-    images, labels, source, directory="saved_models/judge", seed=0, epochs=None, verbose=0
-):
+def load_or_train_judge(images, labels, source, directory="saved_models/judge", seed=0, epochs=None, verbose=0):
     """Loads the judge cached for these digits, or trains and caches one.
 
     A seeded `HELD_OUT_FRACTION` of the digits is held out; the rest trains the

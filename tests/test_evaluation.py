@@ -78,9 +78,7 @@ def test_frechet_distance_handles_dead_features_quietly():
 
 
 def test_frechet_distance_rejects_mismatched_features():
-    with pytest.raises(
-        ValueError, match="Received: features_a.shape=\\(5, 3\\), features_b.shape=\\(5, 4\\)"
-    ):
+    with pytest.raises(ValueError, match="Received: features_a.shape=\\(5, 3\\), features_b.shape=\\(5, 4\\)"):
         evaluation.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
 
 
@@ -118,16 +116,12 @@ def test_label_accuracy_is_overall_and_per_class():
 def test_judge_is_cached_and_reused(real_digits, judge, judge_dir):
     assert judge.path.parent == judge_dir and judge.path.suffix == ".keras"
     info = json.loads(judge.path.with_suffix(".json").read_text())
-    assert (
-        info["held_out_accuracy"] == judge.accuracy and info["held_out"] == len(judge.held_out_labels) == 60
-    )
+    assert info["held_out_accuracy"] == judge.accuracy and info["held_out"] == len(judge.held_out_labels) == 60
     modified = judge.path.stat().st_mtime_ns
     again = evaluation.load_or_train_judge(*real_digits, "builtin", directory=judge_dir, epochs=2)
     assert judge.path.stat().st_mtime_ns == modified
     assert again.classifier is not judge.classifier and again.accuracy == judge.accuracy
-    np.testing.assert_allclose(
-        again.predict(judge.held_out_images)[1], judge.predict(judge.held_out_images)[1]
-    )
+    np.testing.assert_allclose(again.predict(judge.held_out_images)[1], judge.predict(judge.held_out_images)[1])
     np.testing.assert_array_equal(again.held_out_labels, judge.held_out_labels)
 
 
@@ -154,9 +148,7 @@ def test_label_accuracy_of_real_digits_is_the_judges_accuracy_on_them(judge):
     results = evaluation.evaluate_generator(
         real_generate, judge, images, labels, latent_dim=LATENT_DIM, per_class=per_class
     )
-    shown = np.concatenate(
-        [by_class[digit][np.arange(per_class) % len(by_class[digit])] for digit in range(10)]
-    )
+    shown = np.concatenate([by_class[digit][np.arange(per_class) % len(by_class[digit])] for digit in range(10)])
     expected, expected_per_class = evaluation.label_accuracy(
         judge.predict(shown)[1], np.repeat(np.arange(10), per_class)
     )
