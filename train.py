@@ -10,7 +10,10 @@ Examples:
 
 Every flag is a `TrainConfig` field; `--preset` picks the defaults the other
 flags override. Artifacts go to `--out` (see `cgan_keras/training.py`).
-User mistakes exit with code 2 and one line on stderr.
+User mistakes exit with code 2 and one line on stderr. Ctrl-C (SIGINT) or
+SIGTERM stops after the current step, saves a checkpoint and the generator so
+far, and exits 130 or 143; `--resume` continues. A loss that becomes NaN stops
+the run with exit code 1, keeping the last good checkpoint.
 """
 
 import argparse
@@ -72,7 +75,8 @@ def main(argv=None):
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cgan_keras import data, training
+    from cgan_keras import data, evaluation, training
+    from cgan_keras.callbacks import TrainingDiverged
 
     try:
         source = data.resolve_source(config.data)
@@ -83,8 +87,19 @@ def main(argv=None):
     except OSError as error:
         fail(f"cannot write --out {config.out}: {error.strerror}")
     print(f"data: {source} ({len(images):,} digits)")
-    # A live progress bar on a terminal; one line per logged window in a log file.
-    training.run(config, images, labels, resume=resume, verbose=1 if sys.stdout.isatty() else 2)
+    # A live progress bar on a terminal; one line per epoch in a log file.
+    verbose = 1 if sys.stdout.isatty() else 2
+    judge = evaluation.load_or_train_judge(images, labels, source, verbose=verbose)
+    print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
+    try:
+        _, results = training.run(config, images, labels, judge=judge, resume=resume, verbose=verbose)
+    except training.Interrupted as interruption:
+        print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")
+        sys.exit(128 + interruption.signum)
+    except TrainingDiverged as error:
+        print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)
+        sys.exit(1)
+    print(evaluation.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 
 

@@ -1,11 +1,15 @@
-"""`SampleGridCallback`: PNG grids of generated digits while a GAN trains."""
+"""Callbacks for a training GAN: sample grids, judge scores, checkpoints, history, safe stops."""
 
+import csv
+import signal
+import time
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from cgan_keras import grids
+from cgan_keras import artifacts, evaluation, grids
 
 
 class SampleGridCallback(keras.callbacks.Callback):
@@ -24,6 +28,9 @@ class SampleGridCallback(keras.callbacks.Callback):
             a 3x3 grid.
         columns: tiles per row.
         seed: seed of the fixed noise.
+        log_dir: optional TensorBoard log directory (the one given to
+            `keras.callbacks.TensorBoard`); each grid is also written there
+            as an image summary `samples` under `log_dir/train`.
 
     Example:
 
@@ -31,7 +38,7 @@ class SampleGridCallback(keras.callbacks.Callback):
     ...         callbacks=[SampleGridCallback("run/samples", every=100)])
     """
 
-    def __init__(self, directory, every=100, digits=tuple(range(9)), columns=3, seed=0):
+    def __init__(self, directory, every=100, digits=tuple(range(9)), columns=3, seed=0, log_dir=None):
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be a positive integer. Received: every={every}")
@@ -40,10 +47,14 @@ class SampleGridCallback(keras.callbacks.Callback):
         self.digits = np.asarray(digits, dtype="int32")
         self.columns = columns
         self.seed = seed
+        self.log_dir = log_dir
         self._last_step = None
+        self._writer = None
 
     def on_train_begin(self, logs=None):
         self._last_step = int(self.model.optimizer.iterations)
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(Path(self.log_dir) / "train"))
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations)
@@ -58,4 +69,174 @@ class SampleGridCallback(keras.callbacks.Callback):
         images = self.model.generate(self.digits, seed=self.seed)
         path = self.directory / f"step_{step:06d}.png"
         grids.save_grid(path, images, self.digits, columns=self.columns, title=f"step {step}")
+        if self._writer is not None:
+            with self._writer.as_default():
+                tf.summary.image("samples", grids.tile(images, self.columns)[np.newaxis], step=step)
+            self._writer.flush()
         return path
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """Scores the generator with a judge every `every` steps and adds the figures to the epoch's logs.
+
+    Runs at epoch ends (so `every` should be a multiple of `steps_per_epoch`);
+    epochs without an evaluation log NaN, so `CSVLogger` keeps a fixed set of
+    columns. `train_seconds` is the wall time spent training, evaluations
+    excluded, which gives time-to-quality figures.
+
+    Args:
+        judge: an `evaluation.Judge`.
+        every: steps between evaluations.
+        per_class: generated digits of each class per evaluation.
+        seed: seed of the generated digits' noise.
+    """
+
+    KEYS = ("label_accuracy", "worst_class_accuracy", "fid", "classifier_score")
+
+    def __init__(self, judge, every, per_class=1000, seed=0):
+        super().__init__()
+        self.judge = judge
+        self.every = every
+        self.per_class = per_class
+        self.seed = seed
+
+    def on_train_begin(self, logs=None):
+        self._started = time.perf_counter()
+        self._evaluating_seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["train_seconds"] = time.perf_counter() - self._started - self._evaluating_seconds
+        results = dict.fromkeys(self.KEYS, float("nan"))
+        if int(self.model.optimizer.iterations) % self.every == 0:
+            evaluating = time.perf_counter()
+            generate, latent_dim = evaluation.generator_from_model(self.model)
+            results = evaluation.evaluate_generator(
+                generate,
+                self.judge,
+                self.judge.held_out_images,
+                self.judge.held_out_labels,
+                latent_dim=latent_dim,
+                per_class=self.per_class,
+                seed=self.seed,
+            )
+            self._evaluating_seconds += time.perf_counter() - evaluating
+        logs.update({key: results[key] for key in self.KEYS})
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves the model's whole training state at each epoch end, replacing one file atomically.
+
+    The state holds both networks, both optimizers (with their step counters)
+    and the step noise generator's seed, so `restore` continues training
+    exactly where the last save left it, mid-epoch included: the restored
+    step counter says where.
+
+    Args:
+        path: the checkpoint file; its name must end in `.weights.h5`.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+
+    def restore(self, model):
+        """Loads the checkpoint into `model` if there is one; returns whether there was."""
+        if not self.path.exists():
+            return False
+        model.load_weights(self.path)
+        return True
+
+    def on_epoch_end(self, epoch, logs=None):
+        with artifacts.atomic_path(self.path) as temporary:
+            self.model.save_weights(temporary)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Appends each epoch's logs, with the global step, as a row of a CSV file rewritten atomically.
+
+    Unlike `keras.callbacks.CSVLogger`, a kill never leaves a half-written
+    row, and rows from a resumed run's future (steps past the restored
+    checkpoint) are dropped when training starts again.
+
+    Args:
+        path: the CSV file.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self._rows = []
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations)
+        self._rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as file:
+                self._rows = [row for row in csv.DictReader(file) if int(row["step"]) <= step]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._rows.append({"epoch": epoch, "step": int(self.model.optimizer.iterations), **(logs or {})})
+        columns = list(dict.fromkeys(key for row in self._rows for key in row))
+        with artifacts.atomic_path(self.path) as temporary, open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, columns, restval="")
+            writer.writeheader()
+            writer.writerows(self._rows)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Raises `TrainingDiverged` at the first step whose logged `loss` is NaN or infinite.
+
+    Raising (rather than `TerminateOnNaN`'s stop) ends `fit` before any epoch-end
+    callback runs, so no checkpoint or artifact of the diverged weights is written.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            step = int(self.model.optimizer.iterations)
+            raise TrainingDiverged(f"the loss became {float(loss)} by step {step}")
+
+
+class GracefulStop(keras.callbacks.Callback):
+    """Turns SIGINT and SIGTERM into a stop at the next step boundary.
+
+    Use it as a context manager around training (and whatever must finish
+    after it, such as exporting): inside, the signals only set `received`
+    and ask `fit` to stop; outside, their previous handlers are back.
+
+    Example:
+
+    >>> with GracefulStop() as stop:
+    ...     gan.fit(dataset, epochs=10, steps_per_epoch=100, callbacks=[stop])
+    >>> stop.received  # None, signal.SIGINT or signal.SIGTERM
+    """
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        super().__init__()
+        self.signals = signals
+        self.received = None
+        self._previous_handlers = {}
+
+    def __enter__(self):
+        self._previous_handlers = {signum: signal.signal(signum, self._handle) for signum in self.signals}
+        return self
+
+    def __exit__(self, *exception):
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum)
+        if self.model is not None:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        # `fit` clears stop_training when it starts; a signal from before must still stop it.
+        if self.received is not None:
+            self.model.stop_training = True

@@ -52,6 +52,7 @@ class TrainConfig:
         (128, 64), "channels of the generator's hidden maps, smallest map first"
     )
     discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
+    projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
     generator_learning_rate: float = _field(2e-4, "learning rate of the generator's optimizer")
     discriminator_learning_rate: float = _field(2e-4, "learning rate of the discriminator's optimizer")
@@ -59,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
     log_every: int = _field(100, "steps per row of history.csv and per checkpoint (one Keras epoch); divides steps")
+    eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: bool = _field(False, "compile the training step with XLA")
     out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
@@ -83,6 +85,11 @@ class TrainConfig:
             raise ValueError(
                 "`steps` must be a multiple of `log_every` (one logged row per "
                 f"{self.log_every} steps). Received: steps={self.steps}"
+            )
+        if self.eval_every < 0 or self.eval_every % self.log_every:
+            raise ValueError(
+                "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
+                f"Received: eval_every={self.eval_every}"
             )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")

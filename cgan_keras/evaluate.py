@@ -15,7 +15,6 @@ User mistakes exit with code 2 and one line on stderr.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -59,7 +58,6 @@ def main(argv=None):
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import data, evaluation
-    from cgan_keras.artifacts import atomic_path
 
     try:
         generate, latent_dim = evaluation.generator_from_saved_model(args.model)
@@ -75,22 +73,13 @@ def main(argv=None):
     except OSError as error:
         fail(f"cannot write --judge-dir {args.judge_dir}: {error.strerror}")
     print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
-    results = evaluation.evaluate_generator(
-        generate,
-        judge,
-        judge.held_out_images,
-        judge.held_out_labels,
-        latent_dim=latent_dim,
-        per_class=args.per_class,
-        seed=args.seed,
-    )
-    print(evaluation.format_table(results))
-    record = {"model": str(args.model), "data": source, "judge": str(judge.path), **results}
     try:
-        with atomic_path(out) as temporary:
-            temporary.write_text(json.dumps(record, indent=2) + "\n")
+        results = evaluation.evaluate_and_save(
+            generate, latent_dim, judge, out, args.per_class, args.seed, model=str(args.model), data=source
+        )
     except OSError as error:
         fail(f"cannot write --out {out}: {error.strerror}")
+    print(evaluation.format_table(results))
     print(f"wrote {out}")
 
 

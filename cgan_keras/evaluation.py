@@ -335,6 +335,34 @@ def generator_from_model(gan):
     return generate, gan.latent_dim
 
 
+def evaluate_and_save(generate, latent_dim, judge, path, per_class=1000, seed=0, **context):
+    """Runs `evaluate_generator` on the judge's held-out digits and writes the results as JSON.
+
+    Args:
+        generate, latent_dim: as `generator_from_model` or `generator_from_saved_model` return them.
+        judge: a `Judge`.
+        path: the JSON file (e.g. `eval.json`), written atomically.
+        per_class, seed: as in `evaluate_generator`.
+        **context: more JSON-ready fields to record (model path, data source).
+
+    Returns:
+        The results dict of `evaluate_generator`.
+    """
+    results = evaluate_generator(
+        generate,
+        judge,
+        judge.held_out_images,
+        judge.held_out_labels,
+        latent_dim=latent_dim,
+        per_class=per_class,
+        seed=seed,
+    )
+    record = {**context, "judge": str(judge.path), **results}
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+    return results
+
+
 def format_table(results):
     """Formats `evaluate_generator`'s results as an aligned two-column text table."""
     per_class = enumerate(results["per_class_accuracy"])

@@ -61,6 +61,9 @@ class ConditionalGAN(keras.Model):
         self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
         self._check_networks()
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
+        # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
+        # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
+        self.loss_tracker = keras.metrics.Mean(name="loss")
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_accuracy = keras.metrics.BinaryAccuracy(name="d_real_accuracy", threshold=0.0)
@@ -84,7 +87,7 @@ class ConditionalGAN(keras.Model):
 
     @property
     def metrics(self):
-        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
+        return [self.loss_tracker, self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
 
     def compile(
         self,
@@ -300,6 +303,7 @@ class ConditionalGAN(keras.Model):
         return noise, digits
 
     def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):
+        self.loss_tracker.update_state(d_loss + g_loss)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         self.d_real_accuracy.update_state(ops.ones_like(real_logits), real_logits)

@@ -34,3 +34,24 @@ def save_grid(path, images, digits, columns=3, title=None):
     figure.tight_layout(pad=0.3)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
+
+
+def tile(images, columns):
+    """Tiles images into one mosaic.
+
+    Args:
+        images: float32 `(N, H, W, C)` in [0, 1].
+        columns: tiles per row; missing tiles at the end are black.
+
+    Returns:
+        float32 `(rows * H, columns * W, C)`.
+    """
+    count, height, width, channels = images.shape
+    rows = math.ceil(count / columns)
+    padded = np.zeros((rows * columns, height, width, channels), images.dtype)
+    padded[:count] = images
+    return (
+        padded.reshape(rows, columns, height, width, channels)
+        .swapaxes(1, 2)
+        .reshape(rows * height, columns * width, channels)
+    )

@@ -6,10 +6,11 @@ tests. Layout of a run directory:
     config.json       every hyperparameter (written first)
     samples/          step_000001.png, step_000100.png, ...
     history.csv       one row per `log_every` steps (Keras epoch)
-    checkpoint/       resumable state, saved every `log_every` steps, while the run is unfinished
+    checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images)
     generator.keras   the generator as a Keras file
     gan.keras         the whole ConditionalGAN, optimizers included
+    eval.json         the judge's scores of the final generator (with a judge)
 """
 
 import dataclasses
@@ -18,8 +19,15 @@ from pathlib import Path
 
 import keras
 
-from cgan_keras import data, export, models
-from cgan_keras.callbacks import SampleGridCallback
+from cgan_keras import data, evaluation, export, models
+from cgan_keras.callbacks import (
+    DivergenceGuard,
+    EvaluationCallback,
+    GracefulStop,
+    HistoryCSV,
+    RunCheckpoint,
+    SampleGridCallback,
+)
 from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN
 
@@ -35,7 +43,7 @@ def build_gan(config):
         discriminator = models.build_seed_discriminator(filters=config.discriminator_filters)
     else:
         generator = models.build_generator(config.latent_dim, filters=config.generator_filters)
-        discriminator = models.build_discriminator(filters=config.discriminator_filters)
+        discriminator = models.build_discriminator(filters=config.discriminator_filters, projection=config.projection)
     gan = ConditionalGAN(config.latent_dim, generator=generator, discriminator=discriminator, seed=config.seed)
     gan.compile(
         generator_optimizer=_optimizer(config, config.generator_learning_rate),
@@ -86,51 +94,99 @@ def prepare_directory(config, resume=False, overwrite=False):
     config.save(out / "config.json")
 
 
-def run(config, images, labels, resume=False, callbacks=(), verbose=1):
+class Interrupted(Exception):
+    """Training stopped on a signal; the checkpoint and the artifacts so far are written."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signum.name}")
+        self.signum = signum
+
+
+def run(config, images, labels, judge=None, resume=False, callbacks=(), verbose=1):
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
-    Call `prepare_directory` first. With `resume`, training continues from the
-    last checkpoint in `config.out/checkpoint` (weights, both optimizers, the
-    step counter and the noise generator's state).
+    Call `prepare_directory` first. With `resume`, training continues from
+    `config.out/checkpoint.weights.h5` (both networks, both optimizers, the
+    step counter and the noise generator's state), saved every
+    `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
+    signal finishes its step, saves the checkpoint, exports the generator
+    trained so far, then raises `Interrupted`.
 
     Args:
         config: the run's `TrainConfig`.
         images: float32 `(N, 28, 28, 1)` in [-1, 1].
         labels: int32 `(N,)` in 0..9.
+        judge: an `evaluation.Judge`; with one, the run is scored every
+            `config.eval_every` steps (into `history.csv`) and at the end
+            (into `eval.json`).
         resume: continue from the checkpoint if one exists.
         callbacks: more Keras callbacks, run after the run's own.
         verbose: Keras `fit` verbosity (1: progress bar).
 
     Returns:
-        `(gan, history)`: the trained model and `fit`'s `History`.
+        `(gan, results)`: the trained model and the final evaluation (`None`
+        without a judge).
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM arrived.
+        TrainingDiverged: the loss became NaN or infinite; the last
+            checkpoint (from before) is kept and nothing is exported.
     """
     keras.utils.set_random_seed(config.seed)
     out = Path(config.out)
     gan = build_gan(config)
+    checkpoint = RunCheckpoint(out / "checkpoint.weights.h5")
+    if resume:
+        checkpoint.restore(gan)
+    done = int(gan.optimizer.iterations)
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
-    callbacks = [
-        # First, so that the callbacks after it see the restored step counter.
-        # Saved at epoch ends only: Keras 3 restarts an epoch from its first
-        # batch on restore, so only an epoch-end checkpoint resumes exactly.
-        keras.callbacks.BackupAndRestore(
-            out / "checkpoint", save_freq="epoch", double_checkpoint=True, delete_checkpoint=False
-        ),
-        SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed),
-        keras.callbacks.CSVLogger(out / "history.csv", append=resume),
-        keras.callbacks.TerminateOnNaN(),
-        *callbacks,
-    ]
-    history = gan.fit(
-        dataset,
-        epochs=config.steps // config.log_every,
-        steps_per_epoch=config.log_every,
-        callbacks=callbacks,
-        shuffle=False,  # make_dataset shuffles with the run's seed
-        verbose=verbose,
-    )
-    export.export_generator(gan, out / "generator")
-    export.save_model(gan.generator, out / "generator.keras")
-    export.save_model(gan, out / "gan.keras")
-    # Kept until every artifact is complete, so a kill during export still resumes.
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    return gan, history
+    with GracefulStop() as stop:
+        evaluations = (
+            [EvaluationCallback(judge, config.eval_every, seed=config.seed)] if judge and config.eval_every else []
+        )
+        fit_callbacks = [
+            DivergenceGuard(),
+            SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed),
+            *evaluations,  # before HistoryCSV, which writes the scores they add to the logs
+            HistoryCSV(out / "history.csv"),
+            checkpoint,
+            stop,
+            *callbacks,
+        ]
+        for initial_epoch, epochs, steps_per_epoch in _epochs_to_run(done, config.steps, config.log_every):
+            if stop.received:
+                break
+            gan.fit(
+                dataset,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=fit_callbacks,
+                shuffle=False,  # make_dataset shuffles with the run's seed
+                verbose=verbose,
+            )
+        export.export_generator(gan, out / "generator")
+        export.save_model(gan.generator, out / "generator.keras")
+        export.save_model(gan, out / "gan.keras")
+        if stop.received:
+            raise Interrupted(stop.received)
+        results = None
+        if judge is not None:
+            generate, latent_dim = evaluation.generator_from_model(gan)
+            results = evaluation.evaluate_and_save(
+                generate, latent_dim, judge, out / "eval.json", seed=config.seed, data=config.data
+            )
+    return gan, results
+
+
+def _epochs_to_run(done, steps, log_every):
+    """Splits the steps left into `fit` calls: `(initial_epoch, epochs, steps_per_epoch)`.
+
+    Epoch `e` covers steps `(e * log_every, (e + 1) * log_every]`. A run
+    resumed mid-epoch first finishes that epoch with a shorter `fit`.
+    """
+    if done % log_every and done < steps:
+        yield done // log_every, done // log_every + 1, log_every - done % log_every
+    first_full_epoch = -(-done // log_every)
+    if first_full_epoch < steps // log_every:
+        yield first_full_epoch, steps // log_every, log_every

@@ -1,4 +1,8 @@
+import csv
+
+import keras
 import numpy as np
+import tensorflow as tf
 from conftest import tiny_gan
 from PIL import Image
 
@@ -40,3 +44,50 @@ def test_the_grid_shows_the_same_fixed_samples_each_time(tmp_path):
     second = np.asarray(Image.open(callback.write_grid(2)))
     caption_free = slice(40, None)  # the title row holds the step number
     np.testing.assert_array_equal(first[caption_free], second[caption_free])
+
+
+def test_standard_keras_callbacks_work_with_the_gan(tmp_path, digits):
+    gan = tiny_gan()
+    log_dir = tmp_path / "logs"
+    history = gan.fit(
+        *digits,
+        batch_size=16,
+        epochs=3,
+        verbose=0,
+        validation_data=digits,
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(tmp_path / "best.keras", monitor="val_g_loss", mode="min"),
+            keras.callbacks.CSVLogger(tmp_path / "log.csv"),
+            keras.callbacks.TensorBoard(log_dir),
+            SampleGridCallback(tmp_path / "samples", every=4, log_dir=log_dir),
+            keras.callbacks.EarlyStopping(monitor="d_loss", mode="min", patience=0, min_delta=100),
+            keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate * 0.5),
+        ],
+    )
+    assert len(history.history["loss"]) == 2  # EarlyStopping: no d_loss improvement of 100
+    assert isinstance(keras.models.load_model(tmp_path / "best.keras"), type(gan))
+    with open(tmp_path / "log.csv") as rows:
+        assert set(next(csv.DictReader(rows))) >= {"epoch", "d_loss", "g_loss", "val_d_loss"}
+    np.testing.assert_allclose(float(gan.optimizer.learning_rate), 2e-4 * 0.25, rtol=1e-6)
+    tags = {
+        value.tag
+        for event_file in (log_dir / "train").glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(event_file))
+        for value in event.summary.value
+    }
+    assert {"samples", "epoch_d_loss"} <= tags
+
+
+def test_a_discriminator_schedule_drives_the_other_optimizer(digits):
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=1, decay_rate=0.5)
+    gan = tiny_gan(discriminator_optimizer=keras.optimizers.Adam(schedule))
+    gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    # Two discriminator updates per step, 4 steps: 8 halvings.
+    np.testing.assert_allclose(float(gan.discriminator_optimizer.learning_rate), 1e-3 * 0.5**8, rtol=1e-5)
+
+
+def test_terminate_on_nan_stops_a_diverged_run(digits):
+    images, labels = digits
+    gan = tiny_gan(generator_optimizer=keras.optimizers.SGD(1e30))
+    gan.fit(images, labels, batch_size=16, epochs=5, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert int(gan.optimizer.iterations) < 20

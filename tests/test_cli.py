@@ -1,8 +1,10 @@
 """train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,25 @@ def run(script, *args, cwd):
     return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd)
 
 
+def start(script, *args, cwd):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
+
+
+def wait_for(path, process, timeout=120):
+    """Polls until `path` exists (the training reached that point); fails if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """One tiny real training run on the builtin digits, shared by the infer tests."""
@@ -33,8 +54,10 @@ def test_train_writes_every_artifact(trained_run):
     out = work / "run"
     assert "data: builtin (5,000 digits)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "gan.keras", "generator", "generator.keras", "history.csv", "samples",
+        "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
+        "history.csv", "samples",
     ]  # fmt: skip
+    assert "label accuracy" in result.stdout and "judge:" in result.stdout
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
                                                                    "step_000004.png"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
@@ -89,3 +112,34 @@ def test_train_refuses_to_overwrite_a_previous_run(trained_run):
     result = run("train.py", *TINY_TRAIN, "--out", "run", cwd=work)
     assert result.returncode == 2
     assert "pass --resume to continue that run or --overwrite to replace it" in result.stderr.splitlines()[-1]
+
+
+def test_ctrl_c_saves_the_checkpoint_and_generator_and_exits_130(trained_run):
+    work, _ = trained_run
+    long_run = [*TINY_TRAIN, "--steps", "100000", "--out", "interrupted"]
+    process = start("train.py", *long_run, cwd=work)
+    wait_for(work / "interrupted" / "samples" / "step_000002.png", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "stopped by SIGINT" in stdout and "Traceback" not in stderr
+    assert (work / "interrupted" / "generator" / "saved_model.pb").exists()
+    assert (work / "interrupted" / "checkpoint.weights.h5").exists()
+
+
+def test_a_run_killed_with_sigkill_resumes_to_complete_artifacts(trained_run):
+    work, _ = trained_run
+    args = [*TINY_TRAIN, "--steps", "600", "--log-every", "20", "--sample-every", "100", "--out", "killed"]
+    process = start("train.py", *args, cwd=work)
+    wait_for(work / "killed" / "checkpoint.weights.h5", process)
+    process.kill()
+    process.communicate()
+    assert not (work / "killed" / "generator").exists()
+
+    result = run("train.py", *args, "--resume", cwd=work)
+    assert result.returncode == 0, result.stderr
+    history = (work / "killed" / "history.csv").read_text().splitlines()
+    assert history[-1].split(",")[1] == "600"  # the step column reaches the configured steps
+    assert (work / "killed" / "samples" / "step_000600.png").exists()
+    report = json.loads((work / "killed" / "eval.json").read_text())
+    assert 0 <= report["label_accuracy"] <= 1

@@ -25,7 +25,7 @@ def test_one_train_step_updates_both_networks_and_counts_one_step(digits):
     assert changed(discriminator_before, weights_of(gan.discriminator))
     assert int(gan.optimizer.iterations) == 1  # the generator's optimizer counts steps
     assert int(gan.discriminator_optimizer.iterations) == 2  # fake batch, then real batch
-    assert set(logs) == {"d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
+    assert set(logs) == {"loss", "d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
     assert all(np.isfinite(value) for value in logs.values())
 
 
@@ -92,7 +92,7 @@ def test_evaluate_and_validation_data_report_losses_without_updating(digits):
     gan = tiny_gan()
     before = weights_of(gan)
     results = gan.evaluate(*digits, batch_size=16, return_dict=True, verbose=0)
-    assert set(results) == {"d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
+    assert set(results) == {"loss", "d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy"}
     assert not changed(before, weights_of(gan))
     assert int(gan.optimizer.iterations) == 0
     history = gan.fit(*digits, batch_size=16, validation_data=digits, epochs=1, verbose=0)

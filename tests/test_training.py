@@ -1,10 +1,13 @@
 import csv
+import os
+import signal
 
 import keras
 import numpy as np
 import pytest
 
 from cgan_keras import training
+from cgan_keras.callbacks import TrainingDiverged
 from cgan_keras.config import TrainConfig
 
 TINY = dict(
@@ -35,6 +38,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
     with pytest.raises(KeyboardInterrupt):
         training.run(config, *digits, callbacks=[InterruptAtStep(6)], verbose=0)
     assert not (tmp_path / "run" / "generator").exists()
+    with open(tmp_path / "run" / "history.csv") as rows:
+        assert [row["step"] for row in csv.DictReader(rows)] == ["4"]
 
     training.prepare_directory(config, resume=True)
     gan, _ = training.run(config, *digits, resume=True, verbose=0)
@@ -47,10 +52,9 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
         "step_000006.png",
     ]
     with open(run / "history.csv") as rows:
-        assert [row["epoch"] for row in csv.DictReader(rows)] == ["0", "1"]
+        assert [(row["epoch"], row["step"]) for row in csv.DictReader(rows)] == [("0", "4"), ("1", "8")]
     assert (run / "generator" / "saved_model.pb").exists()
     assert (run / "generator.keras").exists() and (run / "gan.keras").exists()
-    assert not (run / "checkpoint").exists()
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
@@ -75,3 +79,49 @@ def test_seed_preset_builds_the_tutorial_networks():
     assert [layer.filters for layer in gan.generator.layers if hasattr(layer, "filters")] == [384, 192, 96, 1]
     assert isinstance(gan.discriminator_optimizer, keras.optimizers.Adadelta)
     assert np.isclose(gan.discriminator_optimizer.rho, 0.92) and gan.discriminator_optimizer.clipvalue == 1.0
+
+
+class SignalAtStep(keras.callbacks.Callback):
+    def __init__(self, step, signum):
+        super().__init__()
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly(tmp_path, digits, signum):
+    config = TrainConfig(out=str(tmp_path), **TINY)
+    training.prepare_directory(config)
+    with pytest.raises(training.Interrupted) as stopped:
+        training.run(config, *digits, callbacks=[SignalAtStep(5, signum)], verbose=0)
+    assert stopped.value.signum == signum
+    assert signal.getsignal(signum) is not None and signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    generator = keras.models.load_model(tmp_path / "generator.keras")  # the generator after 5 steps
+    assert generator.name == "generator"
+
+    gan, _ = training.run(config, *digits, resume=True, verbose=0)
+    assert int(gan.optimizer.iterations) == 8  # 5 done, then the 3 left: 6, 7, 8
+    with open(tmp_path / "history.csv") as rows:
+        assert [row["step"] for row in csv.DictReader(rows)] == ["4", "5", "8"]
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+    config = TrainConfig(out=str(tmp_path), **{**TINY, "generator_learning_rate": 1e30, "optimizer": "adam"})
+    training.prepare_directory(config)
+    with pytest.raises(TrainingDiverged, match="the loss became nan"):
+        training.run(config, *digits, verbose=0)
+    assert not (tmp_path / "generator").exists()
+
+
+def test_the_same_seed_trains_bit_identical_generators(tmp_path, digits):
+    def train(name):
+        config = TrainConfig(out=str(tmp_path / name), **TINY)
+        training.prepare_directory(config)
+        gan, _ = training.run(config, *digits, verbose=0)
+        return [weight.numpy() for weight in gan.generator.weights]
+
+    for first, second in zip(train("a"), train("b"), strict=True):
+        np.testing.assert_array_equal(first, second)
