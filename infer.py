@@ -69,21 +69,12 @@ def load_generator(path):
         fail(f"--model {path} is not a directory; expected a SavedModel exported by train.py")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from cgan_keras import export
 
     try:
-        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
-    except (OSError, ValueError, KeyError) as error:
-        fail(
-            f"--model {path} is not a generator SavedModel ({type(error).__name__}); expected one exported by train.py"
-        )
-    inputs = signature.structured_input_signature[1]
-    noise = inputs.get("noise")
-    if set(inputs) != {"digit", "noise"} or noise.shape.rank != 2 or "images" not in signature.structured_outputs:
-        fail(
-            f"--model {path} has signature {inputs} -> {signature.structured_outputs}; expected digit, noise -> images"
-        )
-    return signature, noise.shape[1]
+        return export.load_generator(path)
+    except export.SavedModelError as error:
+        fail(f"--model {path} is not a generator SavedModel: {error}")
 
 
 def generate(signature, latent_dim, digits, seed):

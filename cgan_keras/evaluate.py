@@ -57,13 +57,13 @@ def main(argv=None):
     out = Path(args.out or Path(args.model).parent / "eval.json")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cgan_keras import data, evaluation
+    from cgan_keras import data, evaluation, export
 
     try:
         generate, latent_dim = evaluation.generator_from_saved_model(args.model)
         source = data.resolve_source(args.data)
         images, labels = data.load_data(source)
-    except (evaluation.SavedModelError, data.DataError) as error:
+    except (export.SavedModelError, data.DataError) as error:
         fail(str(error))
     print(f"data: {source} ({len(images):,} digits)")
     try:

@@ -23,6 +23,7 @@ import scipy.special
 import tensorflow as tf
 from keras import layers
 
+from cgan_keras import export
 from cgan_keras.artifacts import atomic_path
 from cgan_keras.data import NUM_CLASSES, check_digits
 from cgan_keras.gan import sample_noise
@@ -288,41 +289,18 @@ def _generate_and_judge(generate, judge, digits, noise):
     return np.concatenate(features), np.concatenate(probabilities)
 
 
-class SavedModelError(ValueError):
-    """A path is not a generator SavedModel with the `serving_default` signature of `export_generator`."""
-
-
 def generator_from_saved_model(path):
     """Loads an exported generator as `(generate, latent_dim)` for `evaluate_generator`.
 
-    Args:
-        path: SavedModel directory whose `serving_default` signature maps `digit`
-            int32 `[None]` and `noise` float32 `[None, latent_dim]` to `images`
-            float32 `[None, H, W, C]` in [0, 1].
-
     Raises:
-        SavedModelError: the path is not a SavedModel, or lacks that signature.
+        export.SavedModelError: the path is not a generator SavedModel.
     """
-    if not tf.saved_model.contains_saved_model(str(path)):
-        raise SavedModelError(
-            "Expected a SavedModel directory (with saved_model.pb) as written by `export_generator`. "
-            f"Received: path={str(path)!r}"
-        )
-    loaded = tf.saved_model.load(str(path))
-    serve = loaded.signatures.get("serving_default")
-    inputs = serve.structured_input_signature[1] if serve is not None else {}
-    outputs = serve.structured_outputs if serve is not None else {}
-    if set(inputs) != {"digit", "noise"} or "images" not in outputs:
-        raise SavedModelError(
-            "Expected a `serving_default` signature (digit, noise) -> images. "
-            f"Received: inputs={sorted(inputs)}, outputs={sorted(outputs)}, path={str(path)!r}"
-        )
+    serve, latent_dim = export.load_generator(path)
 
     def generate(digits, noise):
-        digits, noise = tf.constant(digits, tf.int32), tf.constant(noise, tf.float32)
-        return serve(digit=digits, noise=noise)["images"].numpy()
+        return serve(digit=tf.constant(digits, tf.int32), noise=tf.constant(noise, tf.float32))["images"].numpy()
 
-    return generate, int(inputs["noise"].shape[-1])
+    return generate, latent_dim
 
 
 def generator_from_model(gan):

@@ -58,3 +58,37 @@ def save_model(model, path):
     with atomic_path(path) as temporary:
         model.save(temporary)
     return Path(path)
+
+
+class SavedModelError(ValueError):
+    """A path is not a generator SavedModel with the `serving_default` signature of `export_generator`."""
+
+
+def load_generator(path):
+    """Loads a SavedModel written by `export_generator`, with plain TensorFlow.
+
+    Args:
+        path: the SavedModel directory.
+
+    Returns:
+        `(serve, latent_dim)`: the `serving_default` concrete function
+        (`serve(digit=int32 [N], noise=float32 [N, latent_dim])["images"]`)
+        and the noise length it expects.
+
+    Raises:
+        SavedModelError: the path is not a SavedModel, or lacks that signature.
+    """
+    if not tf.saved_model.contains_saved_model(str(path)):
+        raise SavedModelError(
+            f"Expected a SavedModel directory (with saved_model.pb) as written by `export_generator`. "
+            f"Received: path={str(path)!r}"
+        )
+    serve = tf.saved_model.load(str(path)).signatures.get("serving_default")
+    inputs = serve.structured_input_signature[1] if serve is not None else {}
+    outputs = serve.structured_outputs if serve is not None else {}
+    if set(inputs) != {"digit", "noise"} or inputs["noise"].shape.rank != 2 or "images" not in outputs:
+        raise SavedModelError(
+            "Expected a `serving_default` signature (digit, noise) -> images. "
+            f"Received: inputs={sorted(inputs)}, outputs={sorted(outputs)}, path={str(path)!r}"
+        )
+    return serve, int(inputs["noise"].shape[-1])

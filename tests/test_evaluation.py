@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 from conftest import LATENT_DIM, tiny_gan
 
-from cgan_keras import evaluate, evaluation
+from cgan_keras import evaluate, evaluation, export
 from cgan_keras.data import load_data
 from cgan_keras.export import export_generator
 
@@ -188,7 +188,7 @@ def test_generators_from_a_model_and_its_saved_model_agree(saved_model):
 
 
 def test_generator_from_saved_model_rejects_a_directory_without_one(tmp_path):
-    with pytest.raises(evaluation.SavedModelError, match="Received: path="):
+    with pytest.raises(export.SavedModelError, match="Received: path="):
         evaluation.generator_from_saved_model(tmp_path)
 
 
