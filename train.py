@@ -75,9 +75,11 @@ def main(argv=None):
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cgan_keras import data, evaluation, training
+    from cgan_keras import data, distribute, evaluation, training
     from cgan_keras.callbacks import TrainingDiverged
 
+    # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     try:
         source = data.resolve_source(config.data)
         images, labels = data.load_data(source)
@@ -86,13 +88,15 @@ def main(argv=None):
         fail(str(error))
     except OSError as error:
         fail(f"cannot write --out {config.out}: {error.strerror}")
-    print(f"data: {source} ({len(images):,} digits)")
+    print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
     # A live progress bar on a terminal; one line per epoch in a log file.
     verbose = 1 if sys.stdout.isatty() else 2
     judge = evaluation.load_or_train_judge(images, labels, source, verbose=verbose)
     print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
     try:
-        _, results = training.run(config, images, labels, judge=judge, resume=resume, verbose=verbose)
+        _, results = training.run(
+            config, images, labels, judge=judge, strategy=strategy, resume=resume, verbose=verbose
+        )
     except training.Interrupted as interruption:
         print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")
         sys.exit(128 + interruption.signum)

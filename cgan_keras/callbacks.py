@@ -12,6 +12,15 @@ import tensorflow as tf
 from cgan_keras import artifacts, evaluation, grids
 
 
+def global_step(model):
+    """Training steps taken so far: the generator optimizer's `iterations`, as an int.
+
+    Read through numpy because under `tf.distribute` the counter is a
+    mirrored variable, which `int()` does not accept.
+    """
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+
+
 class SampleGridCallback(keras.callbacks.Callback):
     """Writes a grid of generated digits after step 1 and every `every` steps.
 
@@ -52,12 +61,12 @@ class SampleGridCallback(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        self._last_step = int(self.model.optimizer.iterations)
+        self._last_step = global_step(self.model)
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(str(Path(self.log_dir) / "train"))
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         crossed_first = self._last_step < 1 <= step
         crossed_multiple = step // self.every > self._last_step // self.every
         self._last_step = step
@@ -109,7 +118,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             return
         logs["train_seconds"] = time.perf_counter() - self._started - self._evaluating_seconds
         results = dict.fromkeys(self.KEYS, float("nan"))
-        if int(self.model.optimizer.iterations) % self.every == 0:
+        if global_step(self.model) % self.every == 0:
             evaluating = time.perf_counter()
             generate, latent_dim = evaluation.generator_from_model(self.model)
             results = evaluation.evaluate_generator(
@@ -170,14 +179,14 @@ class HistoryCSV(keras.callbacks.Callback):
         self._rows = []
 
     def on_train_begin(self, logs=None):
-        step = int(self.model.optimizer.iterations)
+        step = global_step(self.model)
         self._rows = []
         if self.path.exists():
             with open(self.path, newline="") as file:
                 self._rows = [row for row in csv.DictReader(file) if int(row["step"]) <= step]
 
     def on_epoch_end(self, epoch, logs=None):
-        self._rows.append({"epoch": epoch, "step": int(self.model.optimizer.iterations), **(logs or {})})
+        self._rows.append({"epoch": epoch, "step": global_step(self.model), **(logs or {})})
         columns = list(dict.fromkeys(key for row in self._rows for key in row))
         with artifacts.atomic_path(self.path) as temporary, open(temporary, "w", newline="") as file:
             writer = csv.DictWriter(file, columns, restval="")
@@ -199,7 +208,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
-            step = int(self.model.optimizer.iterations)
+            step = global_step(self.model)
             raise TrainingDiverged(f"the loss became {float(loss)} by step {step}")
 
 

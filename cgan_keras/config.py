@@ -25,7 +25,11 @@ PRESETS = {
         label_smoothing=0.0,
     ),
 }
-CHOICES = {"preset": tuple(PRESETS), "optimizer": ("adam", "adadelta")}
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "optimizer": ("adam", "adadelta"),
+    "strategy": ("default", "mirrored", "multiworker"),
+}
 
 
 def _field(default, help):
@@ -63,6 +67,9 @@ class TrainConfig:
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: bool = _field(False, "compile the training step with XLA")
+    mixed_precision: bool = _field(False, "mixed precision: float16 on GPUs, bfloat16 on CPUs (float32 outputs)")
+    strategy: str = _field("default", "tf.distribute strategy: default, mirrored or multiworker (TF_CONFIG)")
+    cpu_replicas: int = _field(1, "logical CPU devices for --strategy mirrored on a machine without GPUs")
     out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
 
     @classmethod
@@ -73,7 +80,7 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every")
+        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "cpu_replicas")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

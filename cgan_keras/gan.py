@@ -114,9 +114,13 @@ class ConditionalGAN(keras.Model):
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
         generator_optimizer = keras.optimizers.get(generator_optimizer or _default_optimizer())
         discriminator_optimizer = keras.optimizers.get(discriminator_optimizer or _default_optimizer())
+        # Under mixed_float16, Keras wraps `optimizer` in a LossScaleOptimizer;
+        # the discriminator's needs the same, by hand.
         super().compile(optimizer=generator_optimizer, **kwargs)
         self.generator_optimizer = self.optimizer
         self.discriminator_optimizer = discriminator_optimizer
+        if self.dtype_policy.name == "mixed_float16":
+            self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
         self.loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
         # Built now, not lazily in the first step, so that load_weights and
@@ -279,8 +283,9 @@ class ConditionalGAN(keras.Model):
                 )
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
             g_loss = self.loss_fn(real_targets, fooled_logits)
+            scaled_g_loss = self.generator_optimizer.scale_loss(g_loss)
         generator_weights = self.generator.trainable_variables
-        self.generator_optimizer.apply(generator_tape.gradient(g_loss, generator_weights), generator_weights)
+        self.generator_optimizer.apply(generator_tape.gradient(scaled_g_loss, generator_weights), generator_weights)
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
     def test_step(self, batch):
@@ -298,11 +303,24 @@ class ConditionalGAN(keras.Model):
         return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
 
     def _sample_latents(self, batch_size):
-        noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-        digits = keras.random.randint((batch_size,), 0, self.num_classes, seed=self.seed_generator, dtype="int32")
-        return noise, digits
+        # Under tf.distribute every replica's seed generator is in the same
+        # state, so each draws the noise and digits of the whole global batch
+        # and keeps its own slice: replicas make different fakes, and N
+        # replicas of batch B/N make exactly the fakes one device of batch B
+        # would.
+        replicas, replica_id = _replica_context()
+        noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
+        digits = keras.random.randint(
+            (batch_size * replicas,), 0, self.num_classes, seed=self.seed_generator, dtype="int32"
+        )
+        start = replica_id * batch_size
+        return noise[start : start + batch_size], digits[start : start + batch_size]
 
     def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):
+        # Keras losses are divided by the replica count so that summed
+        # gradients average over the global batch; the trackers log the true loss.
+        replicas, _ = _replica_context()
+        d_loss, g_loss = d_loss * replicas, g_loss * replicas
         self.loss_tracker.update_state(d_loss + g_loss)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
@@ -314,8 +332,10 @@ class ConditionalGAN(keras.Model):
         with tf.GradientTape() as tape:
             logits = self.discriminator({"image": images, "digit": digits}, training=True)
             loss = self.loss_fn(targets, logits)
+            # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
+            scaled_loss = self.discriminator_optimizer.scale_loss(loss)
         weights = self.discriminator.trainable_variables
-        self.discriminator_optimizer.apply(tape.gradient(loss, weights), weights)
+        self.discriminator_optimizer.apply(tape.gradient(scaled_loss, weights), weights)
         return loss, logits
 
     def get_config(self):
@@ -345,6 +365,14 @@ def sample_noise(count, latent_dim, seed=None):
         float32 `(count, latent_dim)` from a standard normal.
     """
     return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
+
+
+def _replica_context():
+    """Returns `(number of replicas in sync, this replica's index)`; `(1, 0)` outside tf.distribute."""
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica context, e.g. building the model
+        return tf.distribute.get_strategy().num_replicas_in_sync, 0
+    return context.num_replicas_in_sync, context.replica_id_in_sync_group
 
 
 def _default_optimizer():

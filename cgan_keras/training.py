@@ -18,8 +18,9 @@ import shutil
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from cgan_keras import data, evaluation, export, models
+from cgan_keras import data, distribute, evaluation, export, models
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EvaluationCallback,
@@ -27,6 +28,7 @@ from cgan_keras.callbacks import (
     HistoryCSV,
     RunCheckpoint,
     SampleGridCallback,
+    global_step,
 )
 from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN
@@ -36,21 +38,51 @@ class RunDirectoryError(ValueError):
     """The output directory cannot be used as asked (exists, or differs on resume)."""
 
 
-def build_gan(config):
-    """Builds and compiles the `ConditionalGAN` that `config` describes."""
-    if config.preset == "seed":
-        generator = models.build_generator(config.latent_dim, filters=config.generator_filters, batch_norm_scale=False)
-        discriminator = models.build_seed_discriminator(filters=config.discriminator_filters)
-    else:
-        generator = models.build_generator(config.latent_dim, filters=config.generator_filters)
-        discriminator = models.build_discriminator(filters=config.discriminator_filters, projection=config.projection)
-    gan = ConditionalGAN(config.latent_dim, generator=generator, discriminator=discriminator, seed=config.seed)
-    gan.compile(
-        generator_optimizer=_optimizer(config, config.generator_learning_rate),
-        discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate),
-        label_smoothing=config.label_smoothing,
-        jit_compile=config.jit_compile,
+def build_gan(config, strategy=None):
+    """Builds and compiles the `ConditionalGAN` that `config` describes.
+
+    Args:
+        config: a `TrainConfig`.
+        strategy: the `tf.distribute` strategy to build under (its scope
+            holds the weights, optimizers and metrics); `None` is the default.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    # With several replicas, BatchNorm shares its batch statistics so that N
+    # replicas of batch B/N train as one device of batch B would.
+    synchronized = strategy.num_replicas_in_sync > 1
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(
+        distribute.mixed_precision_policy() if config.mixed_precision else "float32"
     )
+    try:
+        with strategy.scope():
+            if config.preset == "seed":
+                generator = models.build_generator(
+                    config.latent_dim,
+                    filters=config.generator_filters,
+                    batch_norm_scale=False,
+                    synchronized_batch_norm=synchronized,
+                )
+                discriminator = models.build_seed_discriminator(
+                    filters=config.discriminator_filters, synchronized_batch_norm=synchronized
+                )
+            else:
+                generator = models.build_generator(
+                    config.latent_dim, filters=config.generator_filters, synchronized_batch_norm=synchronized
+                )
+                discriminator = models.build_discriminator(
+                    filters=config.discriminator_filters, projection=config.projection
+                )
+            gan = ConditionalGAN(config.latent_dim, generator=generator, discriminator=discriminator, seed=config.seed)
+            gan.compile(
+                generator_optimizer=_optimizer(config, config.generator_learning_rate),
+                discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate),
+                label_smoothing=config.label_smoothing,
+                jit_compile=config.jit_compile,
+            )
+    finally:
+        # Only the GAN's layers take the policy; a judge built later stays float32.
+        keras.mixed_precision.set_global_policy(previous_policy)
     return gan
 
 
@@ -102,7 +134,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def run(config, images, labels, judge=None, resume=False, callbacks=(), verbose=1):
+def run(config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1):
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
     Call `prepare_directory` first. With `resume`, training continues from
@@ -119,6 +151,8 @@ def run(config, images, labels, judge=None, resume=False, callbacks=(), verbose=
         judge: an `evaluation.Judge`; with one, the run is scored every
             `config.eval_every` steps (into `history.csv`) and at the end
             (into `eval.json`).
+        strategy: the `tf.distribute` strategy (`distribute.make_strategy`);
+            `config.batch_size` is the global batch, split across replicas.
         resume: continue from the checkpoint if one exists.
         callbacks: more Keras callbacks, run after the run's own.
         verbose: Keras `fit` verbosity (1: progress bar).
@@ -134,11 +168,11 @@ def run(config, images, labels, judge=None, resume=False, callbacks=(), verbose=
     """
     keras.utils.set_random_seed(config.seed)
     out = Path(config.out)
-    gan = build_gan(config)
+    gan = build_gan(config, strategy)
     checkpoint = RunCheckpoint(out / "checkpoint.weights.h5")
     if resume:
         checkpoint.restore(gan)
-    done = int(gan.optimizer.iterations)
+    done = global_step(gan)
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
     with GracefulStop() as stop:
         evaluations = (

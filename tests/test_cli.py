@@ -52,7 +52,7 @@ def trained_run(tmp_path_factory):
 def test_train_writes_every_artifact(trained_run):
     work, result = trained_run
     out = work / "run"
-    assert "data: builtin (5,000 digits)" in result.stdout
+    assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
         "history.csv", "samples",
@@ -143,3 +143,13 @@ def test_a_run_killed_with_sigkill_resumes_to_complete_artifacts(trained_run):
     assert (work / "killed" / "samples" / "step_000600.png").exists()
     report = json.loads((work / "killed" / "eval.json").read_text())
     assert 0 <= report["label_accuracy"] <= 1
+
+
+def test_train_on_two_mirrored_cpu_replicas(trained_run):
+    work, _ = trained_run
+    result = run(
+        "train.py", *TINY_TRAIN, "--strategy", "mirrored", "--cpu-replicas", "2", "--out", "mirrored", cwd=work
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 replica(s)" in result.stdout
+    assert (work / "mirrored" / "generator" / "saved_model.pb").exists()

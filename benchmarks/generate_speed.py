@@ -1,0 +1,146 @@
+"""Generation speed: `ConditionalGAN.generate` against the exported SavedModel, and `infer.py` as a process.
+
+Examples:
+
+    python benchmarks/generate_speed.py                 # 1, 64 and 4,096 digits; 3 runs of infer.py (about a minute)
+    python benchmarks/generate_speed.py --quick         # smoke test: fewer calls, 1 run of each process
+    python benchmarks/generate_speed.py --counts 1 4096 --repeats 20
+
+The generator is the default one, untrained (speed does not depend on the
+weights), built by `cgan_keras.training.build_gan` and exported with
+`cgan_keras.export.export_generator` to a temporary directory. For each count
+of digits it times (a) `gan.generate(digits, seed=0)` and (b) one call of the
+SavedModel's `serving_default` on the same digits with
+`cgan_keras.gan.sample_noise` noise, both returning numpy images in [0, 1];
+the median over `--repeats` calls (at least `--seconds` long) is reported.
+MFU divides the generator's forward FLOPs (counted from its layer shapes) per
+second by a float32 matmul's, measured in the same run.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from cgan_keras.config import TrainConfig  # noqa: E402
+from cgan_keras.export import export_generator  # noqa: E402
+from cgan_keras.gan import sample_noise  # noqa: E402
+from cgan_keras.training import build_gan  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 64, 4096], help="digits per call")
+    parser.add_argument("--repeats", type=int, default=10, help="least timed calls per row (the median is reported)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="least time spent timing each row")
+    parser.add_argument("--process-runs", type=int, default=3, help="runs of each subprocess (median reported)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 3 calls per row, 1 run of each process")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.seconds, args.process_runs = 3, 0.0, 1
+    if min(args.counts + [args.repeats, args.process_runs]) < 1:
+        parser.error("--counts, --repeats and --process-runs must be positive integers.")
+    return args
+
+
+def time_generation(gan, serve, counts, peak, args):
+    """Returns table rows: latency, images/s and MFU of both paths for each count."""
+    flops_per_image = common.forward_flops(gan.generator)
+    rows = []
+    for count in counts:
+        digits = np.arange(count, dtype=np.int32) % gan.num_classes
+
+        def saved_model(digits=digits):
+            noise = sample_noise(len(digits), gan.latent_dim, seed=0)
+            return serve(digit=tf.constant(digits), noise=tf.constant(noise))["images"].numpy()
+
+        paths = {
+            "ConditionalGAN.generate": lambda digits=digits: gan.generate(digits, seed=0),
+            "SavedModel serving_default": saved_model,
+        }
+        baseline = None
+        for name, function in paths.items():
+            seconds, calls = common.median_seconds(function, args.repeats, args.seconds, warmup=2)
+            baseline = baseline or seconds
+            rows.append(
+                [
+                    str(count),
+                    name,
+                    f"{seconds * 1e3:.2f}",
+                    str(calls),
+                    f"{count / seconds:.0f}",
+                    f"{count * flops_per_image / seconds / 1e9:.2f}",
+                    f"{count * flops_per_image / seconds / peak:.1%}",
+                    f"{baseline / seconds:.2f}x",
+                ]
+            )
+    return rows
+
+
+def process_seconds(command, runs):
+    """Median wall time of `command` run as a whole process from the repository root."""
+
+    def run():
+        subprocess.run(command, cwd=common.REPO_ROOT, check=True, capture_output=True)
+
+    seconds, _ = common.median_seconds(run, runs, warmup=0)
+    return seconds
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print("\n".join(common.environment_lines()))
+    peak = common.matmul_peak_flops()
+    print(f"float32 matmul peak (median of 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
+    gan = build_gan(TrainConfig())
+    print(f"generator forward: {common.forward_flops(gan.generator) / 1e6:.2f} MFLOP per image")
+    with tempfile.TemporaryDirectory(prefix="generate_speed_") as temporary:
+        exported = export_generator(gan, Path(temporary) / "generator")
+        load_times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+            load_times.append(time.perf_counter() - start)
+        reload_seconds = statistics.median(load_times[1:])
+        print(f"SavedModel load + signature: first {load_times[0]:.2f} s, reloads {reload_seconds:.2f} s")
+        rows = time_generation(gan, serve, args.counts, peak, args)
+        print()
+        common.print_table(
+            ["digits", "path", "latency ms", "calls", "images/s", "GFLOP/s", "MFU", "speedup vs generate"], rows
+        )
+        infer = [sys.executable, "infer.py", "--model", str(exported), "--digit", "7"]
+        infer += ["--out", str(Path(temporary) / "digit_7.png")]
+        import_seconds = process_seconds([sys.executable, "-c", "import tensorflow"], args.process_runs)
+        infer_seconds = process_seconds(infer, args.process_runs)
+    print()
+    common.print_table(
+        [f"process (median of {args.process_runs})", "wall s", "beyond `import tensorflow` s"],
+        [
+            ['python -c "import tensorflow"', f"{import_seconds:.2f}", "-"],
+            [
+                "python infer.py --model <exported> --digit 7",
+                f"{infer_seconds:.2f}",
+                f"{infer_seconds - import_seconds:.2f}",
+            ],
+        ],
+    )
+    print("\nlatency: median seconds per call, noise sampling and the copy to numpy included.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""tf.distribute and mixed precision, on the two logical CPU devices conftest sets up."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cgan_keras import distribute, training
+from cgan_keras.config import TrainConfig
+from cgan_keras.export import export_generator, load_generator
+
+TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), seed=3)
+
+
+def one_step(strategy, images, labels):
+    keras.utils.set_random_seed(0)
+    gan = training.build_gan(TINY, strategy)
+    logs = gan.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0).history
+    return gan, {name: values[0] for name, values in logs.items()}
+
+
+def test_two_replicas_take_the_same_step_as_one_device(digits):
+    images, labels = digits[0][:16], digits[1][:16]
+    mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
+    assert mirrored.num_replicas_in_sync == 2
+    single, single_logs = one_step(None, images, labels)
+    replicated, replicated_logs = one_step(mirrored, images, labels)
+    for network in ("generator", "discriminator"):
+        for expected, actual in zip(
+            getattr(single, network).weights, getattr(replicated, network).weights, strict=True
+        ):
+            np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=2e-5, err_msg=actual.path)
+    for name in ("d_loss", "g_loss"):  # the true loss, not loss / replicas
+        np.testing.assert_allclose(replicated_logs[name], single_logs[name], rtol=1e-4)
+
+
+def test_replicas_generate_different_fakes():
+    mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
+    keras.utils.set_random_seed(0)
+    gan = training.build_gan(TINY, mirrored)
+    per_replica = mirrored.run(lambda: gan._sample_latents(4)[0])
+    first, second = (tensor.numpy() for tensor in mirrored.experimental_local_results(per_replica))
+    assert first.shape == (4, TINY.latent_dim) and not np.allclose(first, second)
+
+
+def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
+    config = TrainConfig(**{**TINY.__dict__, "mixed_precision": True})
+    gan = training.build_gan(config)
+    assert gan.generator.dtype_policy.name == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored for everything else
+    history = gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    export_generator(gan, tmp_path / "generator")
+    serve, latent_dim = load_generator(tmp_path / "generator")
+    images = serve(digit=tf.constant([1, 2]), noise=tf.zeros([2, latent_dim]))["images"]
+    assert images.dtype == tf.float32 and images.shape == (2, 28, 28, 1)
