@@ -44,7 +44,7 @@ def median_seconds(function, repeats, min_seconds=0.0, warmup=1):
     """Calls `function` `warmup` times, then at least `repeats` times and `min_seconds` long.
 
     Returns:
-        `(median seconds per call, number of timed calls)`.
+        `(median seconds per call, list of every call's seconds)`.
     """
     for _ in range(warmup):
         function()
@@ -53,22 +53,22 @@ def median_seconds(function, repeats, min_seconds=0.0, warmup=1):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
+    return statistics.median(times), times
 
 
-def matmul_peak_flops(size=2048, repeats=10):
-    """Measures the machine's float32 matmul rate with TensorFlow, in FLOP/s.
+def matmul_peak_flops(size=2048, repeats=20):
+    """Measures the machine's peak float32 matmul rate with TensorFlow, in FLOP/s.
 
-    A `size x size` by `size x size` matmul is `2 * size**3` FLOPs; the median
-    over `repeats` calls is used, like every other timing here, so that MFU
-    compares like with like on a noisy machine.
+    A `size x size` by `size x size` matmul is `2 * size**3` FLOPs; the
+    fastest of `repeats` calls is the peak (on a shared machine a median
+    would count other processes' load as the machine's limit).
     """
     rng = np.random.default_rng(0)
     left, right = (tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2))
     # Reducing the product on the device keeps the copy of the result out of the timing.
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(left, right)))
-    seconds, _ = median_seconds(lambda: matmul().numpy(), repeats, warmup=2)
-    return 2 * size**3 / seconds
+    _, times = median_seconds(lambda: matmul().numpy(), repeats, warmup=2)
+    return 2 * size**3 / min(times)
 
 
 def layer_macs(model, weights_need_grad, differentiable_inputs=()):

@@ -9,7 +9,7 @@ Examples:
 The generator is the default one, untrained (speed does not depend on the
 weights), built by `cgan_keras.training.build_gan` and exported with
 `cgan_keras.export.export_generator` to a temporary directory. For each count
-of digits it times (a) `gan.generate(digits, seed=0)` and (b) one call of the
+of digits it times (a) `gan.generate(digits, seed=0)` (chunks of 1,024) and (b) one call of the
 SavedModel's `serving_default` on the same digits with
 `cgan_keras.gan.sample_noise` noise, both returning numpy images in [0, 1];
 the median over `--repeats` calls (at least `--seconds` long) is reported.
@@ -75,14 +75,14 @@ def time_generation(gan, serve, counts, peak, args):
         }
         baseline = None
         for name, function in paths.items():
-            seconds, calls = common.median_seconds(function, args.repeats, args.seconds, warmup=2)
+            seconds, times = common.median_seconds(function, args.repeats, args.seconds, warmup=2)
             baseline = baseline or seconds
             rows.append(
                 [
                     str(count),
                     name,
                     f"{seconds * 1e3:.2f}",
-                    str(calls),
+                    str(len(times)),
                     f"{count / seconds:.0f}",
                     f"{count * flops_per_image / seconds / 1e9:.2f}",
                     f"{count * flops_per_image / seconds / peak:.1%}",
@@ -106,7 +106,7 @@ def main(argv=None):
     args = parse_args(argv)
     print("\n".join(common.environment_lines()))
     peak = common.matmul_peak_flops()
-    print(f"float32 matmul peak (median of 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
+    print(f"float32 matmul peak (fastest of 20 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
     gan = build_gan(TrainConfig())
     print(f"generator forward: {common.forward_flops(gan.generator) / 1e6:.2f} MFLOP per image")
     with tempfile.TemporaryDirectory(prefix="generate_speed_") as temporary:
