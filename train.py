@@ -76,6 +76,7 @@ def main(argv=None):
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import data, distribute, evaluation, training
+    from cgan_keras import judge as judges
     from cgan_keras.callbacks import TrainingDiverged
 
     # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
@@ -91,7 +92,7 @@ def main(argv=None):
     print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
     # A live progress bar on a terminal; one line per epoch in a log file.
     verbose = 1 if sys.stdout.isatty() else 2
-    judge = evaluation.load_or_train_judge(images, labels, source, verbose=verbose)
+    judge = judges.load_or_train_judge(images, labels, source, verbose=verbose)
     print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
     try:
         _, results = training.run(

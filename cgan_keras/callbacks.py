@@ -94,7 +94,7 @@ class EvaluationCallback(keras.callbacks.Callback):
     excluded, which gives time-to-quality figures.
 
     Args:
-        judge: an `evaluation.Judge`.
+        judge: a `judge.Judge`.
         every: steps between evaluations.
         per_class: generated digits of each class per evaluation.
         seed: seed of the generated digits' noise.

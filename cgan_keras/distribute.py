@@ -42,7 +42,8 @@ def make_strategy(name="default", cpu_replicas=1):
     if tf.config.list_physical_devices("GPU"):
         return tf.distribute.MirroredStrategy()
     cpu = tf.config.list_physical_devices("CPU")[0]
-    if len(tf.config.list_logical_devices("CPU")) < cpu_replicas:
+    # Read the configuration, not list_logical_devices(): listing starts the runtime, after which it is fixed.
+    if len(tf.config.get_logical_device_configuration(cpu) or [None]) < cpu_replicas:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
     devices = [device.name for device in tf.config.list_logical_devices("CPU")[:cpu_replicas]]
     return tf.distribute.MirroredStrategy(devices)

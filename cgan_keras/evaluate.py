@@ -58,6 +58,7 @@ def main(argv=None):
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import data, evaluation, export
+    from cgan_keras import judge as judges
 
     try:
         generate, latent_dim = evaluation.generator_from_saved_model(args.model)
@@ -67,7 +68,7 @@ def main(argv=None):
         fail(str(error))
     print(f"data: {source} ({len(images):,} digits)")
     try:
-        judge = evaluation.load_or_train_judge(
+        judge = judges.load_or_train_judge(
             images, labels, source, directory=args.judge_dir, verbose=1 if sys.stdout.isatty() else 2
         )
     except OSError as error:

@@ -180,8 +180,14 @@ class ConditionalGAN(keras.Model):
         if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
             raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
         noise = sample_noise(len(digits), self.latent_dim, seed)
+        # A direct call, not predict_on_batch: under tf.distribute the latter
+        # splits (and pads) the batch across replicas.
         batches = [
-            self.generator.predict_on_batch({"digit": digits[i : i + batch_size], "noise": noise[i : i + batch_size]})
+            ops.convert_to_numpy(
+                self.generator(
+                    {"digit": digits[i : i + batch_size], "noise": noise[i : i + batch_size]}, training=False
+                )
+            )
             for i in range(0, len(digits), batch_size)
         ]
         images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")

@@ -148,7 +148,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         config: the run's `TrainConfig`.
         images: float32 `(N, 28, 28, 1)` in [-1, 1].
         labels: int32 `(N,)` in 0..9.
-        judge: an `evaluation.Judge`; with one, the run is scored every
+        judge: a `judge.Judge`; with one, the run is scored every
             `config.eval_every` steps (into `history.csv`) and at the end
             (into `eval.json`).
         strategy: the `tf.distribute` strategy (`distribute.make_strategy`);

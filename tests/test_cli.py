@@ -1,7 +1,9 @@
 """train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,3 +155,33 @@ def test_train_on_two_mirrored_cpu_replicas(trained_run):
     assert result.returncode == 0, result.stderr
     assert "2 replica(s)" in result.stdout
     assert (work / "mirrored" / "generator" / "saved_model.pb").exists()
+
+
+def test_multiworker_is_blocked_upstream(trained_run):
+    """Documents keras-team/keras#20585: Keras 3 `fit` under MultiWorkerMirroredStrategy fails.
+
+    Two real workers on loopback. When this starts failing, upstream has fixed the
+    breakage: make it assert success and update the README.
+    """
+    work, _ = trained_run
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "--strategy", "multiworker", "--out", f"worker{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=work,
+            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
+        )
+        for i in range(2)
+    ]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=240)
+        assert worker.returncode != 0
+        assert "Attempt to convert a value (PerReplica" in stderr

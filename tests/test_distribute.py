@@ -53,3 +53,8 @@ def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
     serve, latent_dim = load_generator(tmp_path / "generator")
     images = serve(digit=tf.constant([1, 2]), noise=tf.zeros([2, latent_dim]))["images"]
     assert images.dtype == tf.float32 and images.shape == (2, 28, 28, 1)
+
+
+def test_generate_under_a_mirrored_strategy_returns_one_image_per_digit():
+    gan = training.build_gan(TINY, distribute.make_strategy("mirrored", cpu_replicas=2))
+    assert gan.generate(range(9), seed=0).shape == (9, 28, 28, 1)

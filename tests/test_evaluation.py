@@ -10,6 +10,7 @@ import scipy.linalg
 from conftest import LATENT_DIM, tiny_gan
 
 from cgan_keras import evaluate, evaluation, export
+from cgan_keras import judge as judges
 from cgan_keras.data import load_data
 from cgan_keras.export import export_generator
 
@@ -30,7 +31,7 @@ def real_digits():
 @pytest.fixture(scope="module")
 def judge(real_digits, judge_dir):
     """A judge trained for 2 epochs on 540 digits: weak (~57% held out), but a real trained classifier."""
-    return evaluation.load_or_train_judge(*real_digits, "builtin", directory=judge_dir, epochs=2)
+    return judges.load_or_train_judge(*real_digits, "builtin", directory=judge_dir, epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_judge_is_cached_and_reused(real_digits, judge, judge_dir):
     info = json.loads(judge.path.with_suffix(".json").read_text())
     assert info["held_out_accuracy"] == judge.accuracy and info["held_out"] == len(judge.held_out_labels) == 60
     modified = judge.path.stat().st_mtime_ns
-    again = evaluation.load_or_train_judge(*real_digits, "builtin", directory=judge_dir, epochs=2)
+    again = judges.load_or_train_judge(*real_digits, "builtin", directory=judge_dir, epochs=2)
     assert judge.path.stat().st_mtime_ns == modified
     assert again.classifier is not judge.classifier and again.accuracy == judge.accuracy
     np.testing.assert_allclose(again.predict(judge.held_out_images)[1], judge.predict(judge.held_out_images)[1])
@@ -194,7 +195,7 @@ def test_generator_from_saved_model_rejects_a_directory_without_one(tmp_path):
 
 def test_cli_writes_eval_json_beside_the_model(saved_model, judge, monkeypatch, capsys):
     _, path = saved_model
-    monkeypatch.setattr(evaluation, "load_or_train_judge", lambda *args, **kwargs: judge)
+    monkeypatch.setattr(judges, "load_or_train_judge", lambda *args, **kwargs: judge)
     evaluate.main(["--model", str(path), "--data", "builtin", "--per-class", "5"])
     printed = capsys.readouterr().out
     assert "data: builtin (5,000 digits)" in printed and "FID floor" in printed
