@@ -180,18 +180,23 @@ class ConditionalGAN(keras.Model):
         if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
             raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
         noise = sample_noise(len(digits), self.latent_dim, seed)
-        # A direct call, not predict_on_batch: under tf.distribute the latter
-        # splits (and pads) the batch across replicas.
         batches = [
-            ops.convert_to_numpy(
-                self.generator(
-                    {"digit": digits[i : i + batch_size], "noise": noise[i : i + batch_size]}, training=False
-                )
-            )
+            ops.convert_to_numpy(self._inference(digits[i : i + batch_size], noise[i : i + batch_size]))
             for i in range(0, len(digits), batch_size)
         ]
         images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")
         return (images + 1.0) / 2.0
+
+    @property
+    def _inference(self):
+        # A compiled call, built once: eager calls cost ~7 ms per batch here. Not
+        # predict_on_batch, which under tf.distribute splits and pads the batch.
+        if getattr(self, "_inference_function", None) is None:
+            self._inference_function = tf.function(
+                lambda digits, noise: self.generator({"digit": digits, "noise": noise}, training=False),
+                reduce_retracing=True,
+            )
+        return self._inference_function
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
         """Trains on `(images, labels)`, checked once here rather than in every step.
