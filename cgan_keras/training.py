@@ -6,6 +6,7 @@ tests. Layout of a run directory:
     config.json       every hyperparameter (written first)
     samples/          step_000001.png, step_000100.png, ...
     history.csv       one row per `log_every` steps (Keras epoch)
+    logs/             TensorBoard: the same scalars, and the sample grids as images
     checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images)
     generator.keras   the generator as a Keras file
@@ -180,9 +181,10 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         )
         fit_callbacks = [
             DivergenceGuard(),
-            SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed),
-            *evaluations,  # before HistoryCSV, which writes the scores they add to the logs
+            SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed, log_dir=out / "logs"),
+            *evaluations,  # before HistoryCSV and TensorBoard, which write the scores they add to the logs
             HistoryCSV(out / "history.csv"),
+            keras.callbacks.TensorBoard(out / "logs"),
             checkpoint,
             stop,
             *callbacks,

@@ -2,6 +2,7 @@ import csv
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import tiny_gan
 from PIL import Image
@@ -91,3 +92,26 @@ def test_terminate_on_nan_stops_a_diverged_run(digits):
     gan = tiny_gan(generator_optimizer=keras.optimizers.SGD(1e30))
     gan.fit(images, labels, batch_size=16, epochs=5, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
     assert int(gan.optimizer.iterations) < 20
+
+
+class CrashAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_backup_and_restore_resumes_weights_and_both_optimizers(tmp_path, digits):
+    gan = tiny_gan()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        gan.fit(*digits, batch_size=16, epochs=4, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(tmp_path), CrashAtEpoch(2)])  # fmt: skip
+    resumed = tiny_gan(seed=1)
+    history = resumed.fit(*digits, batch_size=16, epochs=4, verbose=0,
+                          callbacks=[keras.callbacks.BackupAndRestore(tmp_path)])  # fmt: skip
+    assert history.epoch == [2, 3]
+    assert int(resumed.optimizer.iterations) == 16  # Adam's count went on from 8
+    assert int(resumed.discriminator_optimizer.iterations) == 32

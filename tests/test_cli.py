@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -57,7 +58,7 @@ def test_train_writes_every_artifact(trained_run):
     assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "history.csv", "samples",
+        "history.csv", "logs", "samples",
     ]  # fmt: skip
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
@@ -185,3 +186,36 @@ def test_multiworker_is_blocked_upstream(trained_run):
         _, stderr = worker.communicate(timeout=240)
         assert worker.returncode != 0
         assert "Attempt to convert a value (PerReplica" in stderr
+
+
+def test_infer_streams_a_large_count_and_shows_the_first_hundred(trained_run):
+    work, _ = trained_run
+    model = str(work / "run" / "generator")
+    result = run("infer.py", "--model", model, "--digit", "5", "--count", "2500", "--npy", "many.npy", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "100 of 2500 digits shown" in result.stdout
+    images = np.load(work / "many.npy", mmap_mode="r")
+    assert images.shape == (2500, 28, 28, 1) and 0 <= images.min() and images.max() <= 1
+
+
+def test_infer_rejects_a_saved_model_of_something_else(trained_run):
+    work, _ = trained_run
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2 * x}, input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(module, str(work / "other"), signatures={"serving_default": module.double})
+    result = run("infer.py", "--model", str(work / "other"), "--digit", "1", cwd=work)
+    assert result.returncode == 2
+    assert "Expected a `serving_default` signature (digit, noise) -> images" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script", ["train.py", "infer.py"])
+def test_an_out_path_that_cannot_be_written_exits_2(trained_run, script):
+    work, _ = trained_run
+    blocker = work / "a_file"
+    blocker.write_text("not a directory")
+    args = [*TINY_TRAIN, "--out", str(blocker / "run")] if script == "train.py" else [
+        "--model", str(work / "run" / "generator"), "--digit", "1", "--out", str(blocker / "grid.png")]  # fmt: skip
+    result = run(script, *args, cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert "cannot write" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
