@@ -11,29 +11,26 @@ rebuilt and no code from the model's directory runs. The same `--seed` gives
 the same images. User mistakes exit with code 2 and one line on stderr.
 """
 
-import argparse
 import contextlib
+import functools
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from cgan_keras import cli
 from cgan_keras.artifacts import atomic_path
 from cgan_keras.grids import save_grid
 
+fail = functools.partial(cli.fail, "infer.py")
 NUM_CLASSES = 10
 MAX_TILES = 100
 BATCH_SIZE = 1024
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(__doc__)
     parser.add_argument(
         "--model", default="saved_models/cgan/generator", help="SavedModel directory (default: %(default)s)"
     )
@@ -55,12 +52,6 @@ def parse_args(argv):
         parser.error(f"--count must be a positive integer. Received: --count {args.count}")
     args.out = Path(args.out or f"digit_{args.digit}.png")
     return args
-
-
-def fail(message):
-    """Reports a user mistake in one line and exits with code 2 (argparse's convention)."""
-    print(f"infer.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def load_generator(path):

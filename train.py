@@ -18,20 +18,19 @@ the run with exit code 1, keeping the last good checkpoint.
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
 
+from cgan_keras import cli
 from cgan_keras import config as config_module
+
+fail = functools.partial(cli.fail, "train.py")
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
+    parser = cli.make_parser(__doc__, argument_default=argparse.SUPPRESS)
     seed_preset = config_module.PRESETS["seed"]
     for field in dataclasses.fields(config_module.TrainConfig):
         default = field.default
@@ -58,12 +57,6 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(str(error))
     return config, resume, overwrite
-
-
-def fail(message):
-    """Reports a user mistake in one line and exits with code 2 (argparse's convention)."""
-    print(f"train.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _show(value):

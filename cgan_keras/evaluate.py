@@ -15,11 +15,15 @@ User mistakes exit with code 2 and one line on stderr.
 """
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
+from cgan_keras import cli
+
 PROG = "python -m cgan_keras.evaluate"
+fail = functools.partial(cli.fail, PROG)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -27,12 +31,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=HelpFormatter,
-    )
+    parser = cli.make_parser(__doc__, prog=PROG, formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, default=argparse.SUPPRESS, help="generator SavedModel directory")
     parser.add_argument("--data", default="auto", help="auto, builtin, mnist, PATH.csv or PATH.npz")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits of each class")
@@ -40,12 +39,6 @@ def parse_args(argv):
     parser.add_argument("--judge-dir", default="saved_models/judge", help="cache of trained judges")
     parser.add_argument("--out", help="JSON file for the results; None means eval.json beside the model directory")
     return parser.parse_args(argv)
-
-
-def fail(message):
-    """Reports a user mistake in one line and exits with code 2 (argparse's convention)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv=None):
