@@ -108,18 +108,18 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.every = every
         self.per_class = per_class
         self.seed = seed
+        self._train_seconds = 0.0  # summed over every fit call this callback serves
 
-    def on_train_begin(self, logs=None):
-        self._started = time.perf_counter()
-        self._evaluating_seconds = 0.0
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["train_seconds"] = time.perf_counter() - self._started - self._evaluating_seconds
+        self._train_seconds += time.perf_counter() - self._epoch_started
+        logs["train_seconds"] = self._train_seconds
         results = dict.fromkeys(self.KEYS, float("nan"))
         if global_step(self.model) % self.every == 0:
-            evaluating = time.perf_counter()
             generate, latent_dim = evaluation.generator_from_model(self.model)
             results = evaluation.evaluate_generator(
                 generate,
@@ -130,7 +130,6 @@ class EvaluationCallback(keras.callbacks.Callback):
                 per_class=self.per_class,
                 seed=self.seed,
             )
-            self._evaluating_seconds += time.perf_counter() - evaluating
         logs.update({key: results[key] for key in self.KEYS})
 
 
