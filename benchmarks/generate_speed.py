@@ -17,7 +17,6 @@ MFU divides the generator's forward FLOPs (counted from its layer shapes) per
 second by a float32 matmul's, measured in the same run.
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from cgan_keras import cli  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.export import export_generator  # noqa: E402
 from cgan_keras.gan import sample_noise  # noqa: E402
@@ -40,11 +40,7 @@ from cgan_keras.training import build_gan  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(__doc__)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 64, 4096], help="digits per call")
     parser.add_argument("--repeats", type=int, default=10, help="least timed calls per row (the median is reported)")
     parser.add_argument("--seconds", type=float, default=2.0, help="least time spent timing each row")

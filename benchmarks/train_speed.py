@@ -23,7 +23,6 @@ see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
 the same run. Peak memory is the process's `ru_maxrss` after each row, so it only grows.
 """
 
-import argparse
 import math
 import os
 import resource
@@ -39,6 +38,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from cgan_keras import cli  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.data import load_data, make_dataset  # noqa: E402
 from cgan_keras.training import build_gan  # noqa: E402
@@ -53,11 +53,7 @@ VARIANTS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.make_parser(__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 256], help="real digits per step")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS), help="what to time")
     parser.add_argument("--repeats", type=int, default=5, help="timed fit calls per row (the median is reported)")
