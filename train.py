@@ -77,10 +77,13 @@ def main(argv=None):
     try:
         source = data.resolve_source(config.data)
         images, labels = data.load_data(source)
-        training.prepare_directory(config, resume=resume, overwrite=overwrite)
-    except (data.DataError, training.RunDirectoryError) as error:
+    except data.DataError as error:
         fail(str(error))
-    except OSError as error:
+    try:
+        training.prepare_directory(config, resume=resume, overwrite=overwrite)
+    except training.RunDirectoryError as error:
+        fail(str(error))
+    except OSError as error:  # only --out is written here, so an OSError is about it
         fail(f"cannot write --out {config.out}: {error.strerror}")
     print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
     # A live progress bar on a terminal; one line per epoch in a log file.

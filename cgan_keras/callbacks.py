@@ -122,13 +122,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         if global_step(self.model) % self.every == 0:
             generate, latent_dim = evaluation.generator_from_model(self.model)
             results = evaluation.evaluate_generator(
-                generate,
-                self.judge,
-                self.judge.held_out_images,
-                self.judge.held_out_labels,
-                latent_dim=latent_dim,
-                per_class=self.per_class,
-                seed=self.seed,
+                generate, self.judge, latent_dim=latent_dim, per_class=self.per_class, seed=self.seed
             )
         logs.update({key: results[key] for key in self.KEYS})
 

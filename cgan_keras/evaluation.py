@@ -97,7 +97,7 @@ def label_accuracy(probabilities, digits):
     return float(correct.mean()), per_class
 
 
-def evaluate_generator(generate, judge, real_images, real_labels, *, latent_dim, per_class=1000, seed=0):
+def evaluate_generator(generate, judge, real_images=None, real_labels=None, *, latent_dim, per_class=1000, seed=0):
     """Scores a generator against real digits the judge did not train on.
 
     The real digits are split class by class into equal halves A and B. The
@@ -108,8 +108,9 @@ def evaluate_generator(generate, judge, real_images, real_labels, *, latent_dim,
         generate: `generate(digits int32 (n,), noise float32 (n, latent_dim))` ->
             float32 `(n, H, W, C)` in [0, 1]; given at most `BATCH_SIZE` digits a call.
         judge: a `judge.Judge`.
-        real_images: float32 `(M, H, W, C)` in [0, 1], M >= 4, e.g. `judge.held_out_images`.
-        real_labels: int `(M,)`.
+        real_images: float32 `(M, H, W, C)` in [0, 1], M >= 4; `None` means
+            the digits the judge held out (`judge.held_out_images`).
+        real_labels: int `(M,)`; `None` with `real_images` `None`.
         latent_dim: length of the generator's noise vector.
         per_class: generated digits of each class for accuracy and classifier score.
         seed: seed of the noise (`np.random.default_rng(seed)`).
@@ -122,6 +123,8 @@ def evaluate_generator(generate, judge, real_images, real_labels, *, latent_dim,
     """
     if per_class < 1:
         raise ValueError(f"`per_class` must be a positive integer. Received: per_class={per_class!r}")
+    if real_images is None:
+        real_images, real_labels = judge.held_out_images, judge.held_out_labels
     real_labels = np.asarray(real_labels)
     if len(real_images) != len(real_labels) or len(real_images) < 4:
         raise ValueError(
@@ -215,15 +218,7 @@ def evaluate_and_save(generate, latent_dim, judge, path, per_class=1000, seed=0,
     Returns:
         The results dict of `evaluate_generator`.
     """
-    results = evaluate_generator(
-        generate,
-        judge,
-        judge.held_out_images,
-        judge.held_out_labels,
-        latent_dim=latent_dim,
-        per_class=per_class,
-        seed=seed,
-    )
+    results = evaluate_generator(generate, judge, latent_dim=latent_dim, per_class=per_class, seed=seed)
     record = {**context, "judge": str(judge.path), **results}
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")
