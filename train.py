@@ -68,9 +68,10 @@ def main(argv=None):
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from cgan_keras import data, distribute, evaluation, training
-    from cgan_keras import judge as judges
+    from cgan_keras import data, distribute, training
     from cgan_keras.callbacks import TrainingDiverged
+    from cgan_keras.metrics import judge as judges
+    from cgan_keras.metrics import report
 
     # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
@@ -88,8 +89,8 @@ def main(argv=None):
     print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
     # A live progress bar on a terminal; one line per epoch in a log file.
     verbose = 1 if sys.stdout.isatty() else 2
-    judge = judges.load_or_train_judge(images, labels, source, verbose=verbose)
-    print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
+    judge = judges.load_judge()
+    print(f"judge: the fixed MNIST judge ({judge.accuracy:.2%} on {judge.info['held_out']:,} held-out digits)")
     try:
         _, results = training.run(
             config, images, labels, judge=judge, strategy=strategy, resume=resume, verbose=verbose
@@ -100,7 +101,7 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)
         sys.exit(1)
-    print(evaluation.format_table(results))
+    print(report.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 
 

@@ -9,7 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cgan_keras import artifacts, evaluation, grids
+from cgan_keras import artifacts, grids
+from cgan_keras.metrics import report
+from cgan_keras.sampler import DigitSampler
 
 
 def global_step(model):
@@ -75,7 +77,7 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def write_grid(self, step):
         """Renders the fixed samples at the current weights; returns the PNG's path."""
-        images = self.model.generate(self.digits, seed=self.seed)
+        images = DigitSampler.from_gan(self.model)(self.digits, seed=self.seed)
         path = self.directory / f"step_{step:06d}.png"
         grids.save_grid(path, images, self.digits, columns=self.columns, title=f"step {step}")
         if self._writer is not None:
@@ -94,13 +96,13 @@ class EvaluationCallback(keras.callbacks.Callback):
     excluded, which gives time-to-quality figures.
 
     Args:
-        judge: a `judge.Judge`.
+        judge: a `metrics.judge.Judge`.
         every: steps between evaluations.
         per_class: generated digits of each class per evaluation.
         seed: seed of the generated digits' noise.
     """
 
-    KEYS = ("label_accuracy", "worst_class_accuracy", "fid", "classifier_score")
+    KEYS = report.KEYS
 
     def __init__(self, judge, every, per_class=1000, seed=0):
         super().__init__()
@@ -120,9 +122,8 @@ class EvaluationCallback(keras.callbacks.Callback):
         logs["train_seconds"] = self._train_seconds
         results = dict.fromkeys(self.KEYS, float("nan"))
         if global_step(self.model) % self.every == 0:
-            generate, latent_dim = evaluation.generator_from_model(self.model)
-            results = evaluation.evaluate_generator(
-                generate, self.judge, latent_dim=latent_dim, per_class=self.per_class, seed=self.seed
+            results = report.evaluate_generator(
+                DigitSampler.from_gan(self.model), self.judge, per_class=self.per_class, seed=self.seed
             )
         logs.update({key: results[key] for key in self.KEYS})
 

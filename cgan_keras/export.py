@@ -32,7 +32,7 @@ def export_generator(gan, path):
     >>> loaded.signatures["serving_default"](digit=tf.constant([7]),
     ...     noise=tf.random.normal([1, gan.latent_dim]))["images"]
     """
-    generator = gan.generator
+    generator = gan.inference_generator
 
     def serve(digit, noise):
         images = generator({"digit": digit, "noise": noise}, training=False)

@@ -30,6 +30,11 @@ class ConditionalGAN(keras.Model):
             `None` builds `models.build_generator`.
         discriminator: a model with inputs `{"image", "digit"}` and output
             logits `(N, 1)`. `None` builds `models.build_discriminator`.
+        ema_decay: decay of the exponential moving average of the
+            generator's weights that `ema_generator` holds, in [0, 1); 0
+            keeps no average. The decay ramps up from 0.1 as `(1 + t) / (10 + t)`
+            at step t, so early steps are not averaged with the random
+            initialization.
         seed: seed of the noise and digits drawn in each step; `None` draws
             a random one.
 
@@ -49,10 +54,13 @@ class ConditionalGAN(keras.Model):
         image_shape=models.IMAGE_SHAPE,
         generator=None,
         discriminator=None,
+        ema_decay=0.999,
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
@@ -60,6 +68,12 @@ class ConditionalGAN(keras.Model):
         self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
         self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
         self._check_networks()
+        self.ema_decay = ema_decay
+        self.ema_generator = None
+        if ema_decay:
+            # Same architecture and name: its exports are "the generator".
+            self.ema_generator = self.generator.__class__.from_config(self.generator.get_config())
+            self.ema_generator.set_weights(self.generator.get_weights())
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
@@ -94,6 +108,7 @@ class ConditionalGAN(keras.Model):
         generator_optimizer=None,
         discriminator_optimizer=None,
         label_smoothing=0.0,
+        loss=None,
         **kwargs,
     ):
         """Configures training.
@@ -107,6 +122,10 @@ class ConditionalGAN(keras.Model):
                 step (fake batch, then real batch).
             label_smoothing: one-sided smoothing: the discriminator's target
                 for real digits is `1 - label_smoothing`.
+            loss: the loss of both networks on logits, with targets 0 (fake)
+                and 1 (real); `None` means `BinaryCrossentropy(from_logits=True)`
+                (the non-saturating GAN loss); `keras.losses.Hinge()` gives
+                the hinge loss (targets 0/1 become -1/1).
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
@@ -122,7 +141,7 @@ class ConditionalGAN(keras.Model):
         if self.dtype_policy.name == "mixed_float16":
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
-        self.loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+        self.loss_fn = keras.losses.get(loss or keras.losses.BinaryCrossentropy(from_logits=True))
         # Built now, not lazily in the first step, so that load_weights and
         # BackupAndRestore find every optimizer variable to restore.
         self.generator_optimizer.build(self.generator.trainable_variables)
@@ -131,6 +150,7 @@ class ConditionalGAN(keras.Model):
             generator_optimizer=generator_optimizer,
             discriminator_optimizer=discriminator_optimizer,
             label_smoothing=label_smoothing,
+            loss=self.loss_fn,
             **kwargs,
         )
 
@@ -155,177 +175,108 @@ class ConditionalGAN(keras.Model):
             digits, noise = inputs
         else:
             digits, noise = inputs, None
+        generator = self.generator if training else self.inference_generator
         digits = ops.convert_to_tensor(digits)
         if len(digits.shape) == 2:
             digits = ops.argmax(digits, axis=-1)
         digits = ops.cast(digits, "int32")
         if noise is None:
             noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.seed_generator)
-        return self.generator({"digit": digits, "noise": noise}, training=training)
-
-    def generate(self, digits, seed=None, batch_size=1024):
-        """Generates one image per requested digit, in inference mode.
-
-        Args:
-            digits: ints in `[0, num_classes)`, shape `(N,)`.
-            seed: seed of the noise (`np.random.default_rng(seed)`); the same
-                seed gives the same images here and through the exported
-                SavedModel.
-            batch_size: digits generated per forward pass (bounds memory).
-
-        Returns:
-            numpy float32 `(N, H, W, C)` in [0, 1].
-        """
-        digits = np.asarray(digits, dtype="int32").reshape(-1)
-        if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
-            raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
-        noise = sample_noise(len(digits), self.latent_dim, seed)
-        batches = [
-            ops.convert_to_numpy(self._inference(digits[i : i + batch_size], noise[i : i + batch_size]))
-            for i in range(0, len(digits), batch_size)
-        ]
-        images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")
-        return (images + 1.0) / 2.0
-
-    @property
-    def _inference(self):
-        # A compiled call, built once: eager calls cost ~7 ms per batch here. Not
-        # predict_on_batch, which under tf.distribute splits and pads the batch.
-        if getattr(self, "_inference_function", None) is None:
-            self._inference_function = tf.function(
-                lambda digits, noise: self.generator({"digit": digits, "noise": noise}, training=False),
-                reduce_retracing=True,
-            )
-        return self._inference_function
+        return generator({"digit": digits, "noise": noise}, training=training)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
-        """Trains on `(images, labels)`, checked once here rather than in every step.
+        """Trains on `(images, labels)`, checked once at this boundary; otherwise `keras.Model.fit`.
 
-        Accepts arrays `x` (images float `(N, 28, 28, 1)` in [-1, 1]) and `y`
-        (int `(N,)` or one-hot `(N, 10)`), or a `tf.data.Dataset` of such
-        `(images, labels)` batches. Arrays are batched with
-        `drop_remainder=True`: a short last batch would skew BatchNorm's
-        statistics and the balance of the step. Other arguments are
-        `keras.Model.fit`'s.
+        Arrays (images float `(N, H, W, C)` in [-1, 1], labels int `(N,)` or
+        one-hot `(N, num_classes)`) become batches through `data.make_dataset`,
+        which drops a short last batch; a `tf.data.Dataset` of such batches
+        goes through `data.standardize_dataset`. Anything else Keras accepts
+        (a `PyDataset`, a Python generator) is passed on unchecked.
 
         Raises:
-            ValueError: the data are not digits of the expected shape, range
-                and classes.
+            ValueError: the data are not digits of the expected shape, range and classes.
         """
-        if isinstance(x, tf.data.Dataset):
-            x = self._standardize_dataset(x)
-        elif x is not None:
-            if kwargs.get("validation_split"):
-                x, y, validation_data = self._split_validation(x, y, kwargs.pop("validation_split"))
-            x = self._dataset_from_arrays(
-                x, y, batch_size or 32, shuffle, repeat=kwargs.get("steps_per_epoch") is not None
-            )
-            y = batch_size = None
+        repeat = kwargs.get("steps_per_epoch") is not None  # an epoch may span more than one pass
+        x = self._as_batches(x, y, batch_size, shuffle, repeat)
         if isinstance(validation_data, (tuple, list)):
-            validation_data = data.check_digits(*validation_data[:2], self.image_shape, self.num_classes)
-        elif isinstance(validation_data, tf.data.Dataset):
-            validation_data = self._standardize_dataset(validation_data)
-        if isinstance(x, tf.data.Dataset):
-            shuffle = False  # datasets shuffle themselves; Keras would only warn
-        return super().fit(x, y, batch_size=batch_size, shuffle=shuffle, validation_data=validation_data, **kwargs)
+            validation_data = self._as_batches(*validation_data[:2], batch_size, shuffle=False, repeat=False)
+        elif validation_data is not None:
+            validation_data = self._as_batches(validation_data, None, batch_size, shuffle=False, repeat=False)
+        # The batches shuffle themselves; Keras would only warn.
+        return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
-        """Reports the losses and accuracies of `test_step` on `(images, labels)`; updates nothing."""
+        """Reports `test_step`'s losses and accuracies on `(images, labels)` (as `fit` takes them); updates nothing."""
+        return super().evaluate(self._as_batches(x, y, batch_size, shuffle=False, repeat=False), **kwargs)
+
+    def _as_batches(self, x, y, batch_size, shuffle, repeat):
         if isinstance(x, tf.data.Dataset):
-            x = self._standardize_dataset(x)
-        elif x is not None:
-            x, y = data.check_digits(x, y, self.image_shape, self.num_classes)
-        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
-
-    def _dataset_from_arrays(self, images, labels, batch_size, shuffle, repeat):
-        images, labels = data.check_digits(images, labels, self.image_shape, self.num_classes)
-        if len(images) < batch_size:
-            raise ValueError(
-                f"Expected at least one full batch of digits. Received: {len(images)} digits, batch_size={batch_size}"
+            return data.standardize_dataset(x, self.image_shape, self.num_classes)
+        if isinstance(x, (np.ndarray, list, tf.Tensor)):
+            return data.make_dataset(
+                x, y, batch_size or 32, self.seed, shuffle, repeat, self.image_shape, self.num_classes
             )
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        if shuffle:
-            dataset = dataset.shuffle(len(images), seed=self.seed, reshuffle_each_iteration=True)
-        dataset = dataset.batch(batch_size, drop_remainder=True)
-        # steps_per_epoch may span more than one pass over the digits.
-        return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)
-
-    @staticmethod
-    def _split_validation(images, labels, fraction):
-        # Like Keras: the last `fraction` of the arrays, taken before shuffling.
-        split = int(len(images) * (1 - fraction))
-        return images[:split], labels[:split], (images[split:], labels[split:])
-
-    def _standardize_dataset(self, dataset):
-        spec = dataset.element_spec
-        if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise ValueError(f"Expected a dataset of (images, labels) batches. Received: element_spec={spec}")
-        image_spec, label_spec = spec
-        image_shape = tuple(image_spec.shape[1:])
-        one_hot_labels = label_spec.shape.rank == 2 and label_spec.shape[-1] == self.num_classes
-        if image_shape != self.image_shape or not (label_spec.shape.rank == 1 or one_hot_labels):
-            raise ValueError(
-                f"Expected batches of images (N, {', '.join(map(str, self.image_shape))}) and labels (N,) or "
-                f"(N, {self.num_classes}). Received: element_spec={spec}"
-            )
-
-        def standardize(images, labels):
-            if one_hot_labels:
-                labels = tf.argmax(labels, axis=-1)
-            return tf.cast(images, "float32"), tf.cast(labels, "int32")
-
-        return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)
+        return x
 
     def train_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        noise, fake_digits = self._sample_latents(ops.shape(real_images)[0])
-        fake_targets = ops.zeros_like(fake_digits, dtype="float32")[:, None]
-        real_targets = ops.ones_like(fake_targets)
-
+        noise, fake_digits, fake_target, real_target, fooled_target = self._fakes_and_targets(real_images)
         # The fakes are generated once: the discriminator learns from them with
         # the generator's tape paused, then the same forward pass is
         # differentiated for the generator's update.
         with tf.GradientTape() as generator_tape:
             fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=True)
             with generator_tape.stop_recording():
-                d_loss_fake, fake_logits = self._discriminator_step(fake_images, fake_digits, fake_targets)
-                d_loss_real, real_logits = self._discriminator_step(
-                    real_images, real_digits, real_targets * (1.0 - self.label_smoothing)
-                )
+                d_loss_fake, fake_logits = self._discriminator_step(fake_images, fake_digits, fake_target)
+                d_loss_real, real_logits = self._discriminator_step(real_images, real_digits, real_target)
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
-            g_loss = self.loss_fn(real_targets, fooled_logits)
+            g_loss = self.loss_fn(fooled_target, fooled_logits)
             scaled_g_loss = self.generator_optimizer.scale_loss(g_loss)
         generator_weights = self.generator.trainable_variables
         self.generator_optimizer.apply(generator_tape.gradient(scaled_g_loss, generator_weights), generator_weights)
+        if self.ema_generator is not None:
+            self._update_ema()
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
     def test_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        noise, fake_digits = self._sample_latents(ops.shape(real_images)[0])
-        fake_targets = ops.zeros_like(fake_digits, dtype="float32")[:, None]
-        real_targets = ops.ones_like(fake_targets)
+        noise, fake_digits, fake_target, real_target, fooled_target = self._fakes_and_targets(real_images)
         fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=False)
         fake_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=False)
         real_logits = self.discriminator({"image": real_images, "digit": real_digits}, training=False)
-        d_loss = self.loss_fn(fake_targets, fake_logits) + self.loss_fn(
-            real_targets * (1.0 - self.label_smoothing), real_logits
-        )
-        g_loss = self.loss_fn(real_targets, fake_logits)
+        d_loss = self.loss_fn(fake_target, fake_logits) + self.loss_fn(real_target, real_logits)
+        g_loss = self.loss_fn(fooled_target, fake_logits)
         return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
 
-    def _sample_latents(self, batch_size):
+    def _fakes_and_targets(self, real_images):
+        """Noise and digits of this replica's fake batch, and the three targets of a step.
+
+        Returns:
+            `(noise, digits, fake_target, real_target, fooled_target)`: float32
+            `(B, latent_dim)`, int32 `(B,)`, then float32 `(B, 1)` targets 0
+            (fakes), `1 - label_smoothing` (reals) and 1 (fakes labelled real,
+            for the generator).
+        """
         # Under tf.distribute every replica's seed generator is in the same
         # state, so each draws the noise and digits of the whole global batch
         # and keeps its own slice: replicas make different fakes, and N
         # replicas of batch B/N make exactly the fakes one device of batch B
         # would.
+        batch_size = ops.shape(real_images)[0]
         replicas, replica_id = _replica_context()
         noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
         digits = keras.random.randint(
             (batch_size * replicas,), 0, self.num_classes, seed=self.seed_generator, dtype="int32"
         )
         start = replica_id * batch_size
-        return noise[start : start + batch_size], digits[start : start + batch_size]
+        fooled_target = ops.ones((batch_size, 1), dtype="float32")
+        return (
+            noise[start : start + batch_size],
+            digits[start : start + batch_size],
+            ops.zeros_like(fooled_target),
+            fooled_target * (1.0 - self.label_smoothing),
+            fooled_target,
+        )
 
     def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):
         # Keras losses are divided by the replica count so that summed
@@ -338,6 +289,26 @@ class ConditionalGAN(keras.Model):
         self.d_real_accuracy.update_state(ops.ones_like(real_logits), real_logits)
         self.d_fake_accuracy.update_state(ops.zeros_like(fake_logits), fake_logits)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    @property
+    def inference_generator(self):
+        """The network that generates, exports and is evaluated: `ema_generator` if there is one, else `generator`."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
+
+    def _update_ema(self):
+        step = ops.cast(self.generator_optimizer.iterations, "float32")
+        decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        for average, weight in zip(
+            self.ema_generator.trainable_variables, self.generator.trainable_variables, strict=True
+        ):
+            average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
+        # BatchNorm's moving statistics are copied, not averaged: an average
+        # that starts from the initial statistics lags the weights it must
+        # normalize (an averaged-from-init generator was at chance for 2,000 steps).
+        for statistic, current in zip(
+            self.ema_generator.non_trainable_variables, self.generator.non_trainable_variables, strict=True
+        ):
+            statistic.assign(current)
 
     def _discriminator_step(self, images, digits, targets):
         with tf.GradientTape() as tape:
@@ -356,6 +327,7 @@ class ConditionalGAN(keras.Model):
             num_classes=self.num_classes,
             image_shape=self.image_shape,
             seed=self.seed,
+            ema_decay=self.ema_decay,
             generator=keras.saving.serialize_keras_object(self.generator),
             discriminator=keras.saving.serialize_keras_object(self.discriminator),
         )
@@ -367,15 +339,6 @@ class ConditionalGAN(keras.Model):
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
-
-
-def sample_noise(count, latent_dim, seed=None):
-    """Draws generator noise reproducibly.
-
-    Returns:
-        float32 `(count, latent_dim)` from a standard normal.
-    """
-    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
 
 
 def _replica_context():

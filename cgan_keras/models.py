@@ -30,6 +30,7 @@ def build_generator(
     filters=(128, 64),
     batch_norm_scale=True,
     synchronized_batch_norm=False,
+    digit_at_every_scale=False,
     name="generator",
 ):
     """Builds the generator: noise + one-hot digit -> image.
@@ -48,6 +49,8 @@ def build_generator(
         filters: channels of the hidden maps, smallest map first; at least 2.
         batch_norm_scale: whether BatchNorm learns a scale (the seed fixes it).
         synchronized_batch_norm: share BatchNorm statistics across replicas.
+        digit_at_every_scale: also give every hidden map the one-hot digit,
+            broadcast to its size, as extra channels.
         name: model name.
 
     Returns:
@@ -64,19 +67,32 @@ def build_generator(
         )
     digit = keras.Input(shape=(), dtype="int32", name="digit")
     noise = keras.Input(shape=(latent_dim,), name="noise")
-    x = layers.Concatenate(name="noise_and_digit")([noise, _one_hot(digit, num_classes, "digit_one_hot")])
+    one_hot = _one_hot(digit, num_classes, "digit_one_hot")
+    x = layers.Concatenate(name="noise_and_digit")([noise, one_hot])
     x = layers.Reshape((1, 1, latent_dim + num_classes))(x)
     kernel_sizes = [stem_size] + [4] * (len(filters) - 2)
     for index, (kernel_size, width_channels) in enumerate(zip(kernel_sizes, filters[:-1], strict=True)):
         x = layers.Conv2DTranspose(width_channels, kernel_size, use_bias=False, name=f"upsample_{index}")(x)
         x = _batch_norm_relu(x, batch_norm_scale, synchronized_batch_norm, index)
+        if digit_at_every_scale:
+            x = _with_digit_map(x, one_hot, f"digit_map_{index}")
     x = layers.Conv2DTranspose(
         filters[-1], 4, strides=2, padding="same", use_bias=False, name=f"upsample_{len(filters) - 1}"
     )(x)
     x = _batch_norm_relu(x, batch_norm_scale, synchronized_batch_norm, len(filters) - 1)
+    if digit_at_every_scale:
+        x = _with_digit_map(x, one_hot, f"digit_map_{len(filters) - 1}")
     x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="to_image")(x)
     image = layers.Activation("tanh", dtype="float32", name="image")(x)
     return keras.Model({"digit": digit, "noise": noise}, image, name=name)
+
+
+def _with_digit_map(x, one_hot, name):
+    """Concatenates the one-hot digit, broadcast to `x`'s height and width, to `x`'s channels."""
+    height, width, _ = x.shape[1:]
+    digit_map = layers.Reshape((1, 1, one_hot.shape[-1]), name=f"{name}_reshape")(one_hot)
+    digit_map = layers.UpSampling2D(size=(height, width), name=name)(digit_map)
+    return layers.Concatenate(name=f"{name}_concatenate")([x, digit_map])
 
 
 def _batch_norm_relu(x, scale, synchronized, index):

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, evaluation, export, models
+from cgan_keras import data, distribute, export, models
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EvaluationCallback,
@@ -33,6 +33,8 @@ from cgan_keras.callbacks import (
 )
 from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN
+from cgan_keras.metrics import report
+from cgan_keras.sampler import DigitSampler
 
 
 class RunDirectoryError(ValueError):
@@ -69,16 +71,26 @@ def build_gan(config, strategy=None):
                 )
             else:
                 generator = models.build_generator(
-                    config.latent_dim, filters=config.generator_filters, synchronized_batch_norm=synchronized
+                    config.latent_dim,
+                    filters=config.generator_filters,
+                    synchronized_batch_norm=synchronized,
+                    digit_at_every_scale=config.digit_at_every_scale,
                 )
                 discriminator = models.build_discriminator(
                     filters=config.discriminator_filters, projection=config.projection
                 )
-            gan = ConditionalGAN(config.latent_dim, generator=generator, discriminator=discriminator, seed=config.seed)
+            gan = ConditionalGAN(
+                config.latent_dim,
+                generator=generator,
+                discriminator=discriminator,
+                ema_decay=config.ema_decay,
+                seed=config.seed,
+            )
             gan.compile(
                 generator_optimizer=_optimizer(config, config.generator_learning_rate),
                 discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate),
                 label_smoothing=config.label_smoothing,
+                loss=keras.losses.Hinge() if config.loss == "hinge" else None,
                 jit_compile=config.jit_compile,
             )
     finally:
@@ -149,7 +161,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         config: the run's `TrainConfig`.
         images: float32 `(N, 28, 28, 1)` in [-1, 1].
         labels: int32 `(N,)` in 0..9.
-        judge: a `judge.Judge`; with one, the run is scored every
+        judge: a `metrics.judge.Judge`; with one, the run is scored every
             `config.eval_every` steps (into `history.csv`) and at the end
             (into `eval.json`).
         strategy: the `tf.distribute` strategy (`distribute.make_strategy`);
@@ -202,15 +214,14 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
                 verbose=verbose,
             )
         export.export_generator(gan, out / "generator")
-        export.save_model(gan.generator, out / "generator.keras")
+        export.save_model(gan.inference_generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
         if stop.received:
             raise Interrupted(stop.received)
         results = None
         if judge is not None:
-            generate, latent_dim = evaluation.generator_from_model(gan)
-            results = evaluation.evaluate_and_save(
-                generate, latent_dim, judge, out / "eval.json", seed=config.seed, data=config.data
+            results = report.evaluate_and_save(
+                DigitSampler.from_gan(gan), judge, out / "eval.json", seed=config.seed, data=config.data
             )
     return gan, results
 

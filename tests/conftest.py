@@ -23,13 +23,14 @@ from cgan_keras.gan import ConditionalGAN  # noqa: E402
 LATENT_DIM = 8
 
 
-def tiny_gan(seed=0, compile=True, **compile_kwargs):
+def tiny_gan(seed=0, compile=True, ema_decay=0.999, **compile_kwargs):
     """A ConditionalGAN with a few hundred weights, compiled with the defaults."""
     keras.utils.set_random_seed(seed)
     gan = ConditionalGAN(
         LATENT_DIM,
         generator=models.build_generator(LATENT_DIM, filters=(8, 4)),
         discriminator=models.build_discriminator(filters=(4, 8)),
+        ema_decay=ema_decay,
         seed=seed,
     )
     if compile:

@@ -118,14 +118,16 @@ def test_backup_and_restore_resumes_weights_and_both_optimizers(tmp_path, digits
 
 
 def test_evaluation_callback_logs_judge_scores_at_its_steps(tmp_path, digits):
-    from cgan_keras import judge as judges
     from cgan_keras.callbacks import EvaluationCallback
+    from cgan_keras.metrics.judge import load_judge
 
-    judge = judges.load_or_train_judge(*digits, "tiny", directory=tmp_path, epochs=1)
+    judge = load_judge()
     gan = tiny_gan()
     callback = EvaluationCallback(judge, every=4, per_class=3)
     history = gan.fit(*digits, batch_size=16, steps_per_epoch=2, epochs=4, verbose=0, callbacks=[callback])
     accuracy = history.history["label_accuracy"]
     assert np.isnan(accuracy[0]) and np.isnan(accuracy[2])  # steps 2 and 6: no evaluation
     assert 0 <= accuracy[1] <= 1 and 0 <= accuracy[3] <= 1  # steps 4 and 8
+    assert history.history["fid"][1] > history.history["fid_floor"][1] > 0
+    assert 0 <= history.history["recall"][3] <= 1 and history.history["intra_fid"][3] > 0
     assert np.all(np.diff(history.history["train_seconds"]) > 0)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from conftest import LATENT_DIM, tiny_gan
 
 from cgan_keras.gan import ConditionalGAN
+from cgan_keras.sampler import DigitSampler
 
 
 def weights_of(model):
@@ -108,15 +109,28 @@ def test_calling_or_predicting_on_digits_returns_images():
     np.testing.assert_allclose(gan((digits, noise)), gan((digits, noise)))
 
 
-def test_generate_is_reproducible_and_in_unit_range():
+def test_the_ema_generator_averages_the_weights_and_is_what_is_sampled(digits):
     gan = tiny_gan()
-    images = gan.generate([0, 4, 9, 9], seed=3)
-    assert images.shape == (4, 28, 28, 1) and images.dtype == np.float32
-    assert images.min() >= 0 and images.max() <= 1
-    np.testing.assert_array_equal(images, gan.generate([0, 4, 9, 9], seed=3))
-    assert not np.array_equal(images, gan.generate([0, 4, 9, 9], seed=4))
-    with pytest.raises(ValueError, match="Digits must be in"):
-        gan.generate([10])
+    initial = weights_of(gan.generator)
+    gan.fit(*digits, batch_size=16, epochs=2, verbose=0)
+    raw, averaged = weights_of(gan.generator), weights_of(gan.ema_generator)
+    assert changed(initial, averaged) and changed(raw, averaged)
+    # After 8 steps the decay is (1 + 8) / (10 + 8) = 0.5 at most: the average sits between start and now.
+    distance_to_raw = sum(np.abs(a - r).sum() for a, r in zip(averaged, raw, strict=True))
+    distance_start_to_raw = sum(np.abs(i - r).sum() for i, r in zip(initial, raw, strict=True))
+    assert 0 < distance_to_raw < distance_start_to_raw
+    for statistic, current in zip(
+        gan.ema_generator.non_trainable_weights, gan.generator.non_trainable_weights, strict=True
+    ):
+        np.testing.assert_array_equal(statistic.numpy(), current.numpy())  # BatchNorm statistics are copied
+    assert gan.inference_generator is gan.ema_generator
+
+
+def test_without_ema_the_generator_itself_is_sampled():
+    gan = tiny_gan(ema_decay=0.0)
+    assert gan.ema_generator is None and gan.inference_generator is gan.generator
+    with pytest.raises(ValueError, match="Received: ema_decay=1"):
+        ConditionalGAN(latent_dim=LATENT_DIM, ema_decay=1)
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
@@ -127,7 +141,8 @@ def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits
         warnings.simplefilter("error")  # no "compile() was not called" and no unbuilt-state warnings
         loaded = keras.models.load_model(tmp_path / "gan.keras")  # safe_mode, no custom_objects
     assert isinstance(loaded, ConditionalGAN)
-    np.testing.assert_allclose(loaded.generate(range(10), seed=0), gan.generate(range(10), seed=0), atol=1e-6)
+    sample = DigitSampler.from_gan(loaded)(range(10), seed=0)
+    np.testing.assert_allclose(sample, DigitSampler.from_gan(gan)(range(10), seed=0), atol=1e-6)
     assert int(loaded.optimizer.iterations) == 4
     assert int(loaded.discriminator_optimizer.iterations) == 8
     for original, restored in zip(gan.optimizer.variables, loaded.optimizer.variables, strict=True):
