@@ -118,14 +118,15 @@ def main(argv=None):
     print("| " + " | ".join(headers) + " |", flush=True)
     rows = []
     for name, *overrides in variants:
-        config = TrainConfig(**dict(parse_override(text) for text in overrides), steps=args.steps,
-                             eval_every=args.eval_every, log_every=args.eval_every, out="unused")  # fmt: skip
+        # A variant may set its own steps and eval_every, e.g. to compare batch sizes at equal FLOPs.
+        fields = {"steps": args.steps, "eval_every": args.eval_every, **dict(map(parse_override, overrides))}
+        config = TrainConfig(**fields, log_every=fields["eval_every"], out="unused")
         keras.utils.set_random_seed(config.seed)
         gan = training.build_gan(config)
         flops_per_step = sum(step_flops(gan).values()) * config.batch_size
-        scores = Scores(judge, args.eval_every, args.per_class, config.seed, flops_per_step, name)
+        scores = Scores(judge, config.eval_every, args.per_class, config.seed, flops_per_step, name)
         dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
-        gan.fit(dataset, epochs=args.steps // args.eval_every, steps_per_epoch=args.eval_every,
+        gan.fit(dataset, epochs=config.steps // config.eval_every, steps_per_epoch=config.eval_every,
                 callbacks=[scores], verbose=0)  # fmt: skip
         rows += scores.rows
     print()

@@ -95,10 +95,12 @@ class SignalAtStep(keras.callbacks.Callback):
 def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly(tmp_path, digits, signum):
     config = TrainConfig(out=str(tmp_path), **TINY)
     training.prepare_directory(config)
+    # Whatever was installed before (a background job inherits SIGINT ignored) is what must be back.
+    handlers_before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(training.Interrupted) as stopped:
         training.run(config, *digits, callbacks=[SignalAtStep(5, signum)], verbose=0)
     assert stopped.value.signum == signum
-    assert signal.getsignal(signum) is not None and signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    assert {number: signal.getsignal(number) for number in handlers_before} == handlers_before
     generator = keras.models.load_model(tmp_path / "generator.keras")  # the generator after 5 steps
     assert generator.name == "generator"
 
