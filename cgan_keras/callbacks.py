@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgan_keras import artifacts, evaluation, grids
+from cgan_keras.sampler import DigitSampler
 
 
 def global_step(model):
@@ -59,6 +60,11 @@ class SampleGridCallback(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._last_step = None
         self._writer = None
+        self._sampler = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._sampler = DigitSampler.from_gan(model)
 
     def on_train_begin(self, logs=None):
         self._last_step = global_step(self.model)
@@ -75,7 +81,7 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def write_grid(self, step):
         """Renders the fixed samples at the current weights; returns the PNG's path."""
-        images = self.model.generate(self.digits, seed=self.seed)
+        images = self._sampler(self.digits, seed=self.seed)
         path = self.directory / f"step_{step:06d}.png"
         grids.save_grid(path, images, self.digits, columns=self.columns, title=f"step {step}")
         if self._writer is not None:
@@ -109,6 +115,11 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.per_class = per_class
         self.seed = seed
         self._train_seconds = 0.0  # summed over every fit call this callback serves
+        self._sampler = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._sampler = DigitSampler.from_gan(model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
@@ -120,10 +131,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         logs["train_seconds"] = self._train_seconds
         results = dict.fromkeys(self.KEYS, float("nan"))
         if global_step(self.model) % self.every == 0:
-            generate, latent_dim = evaluation.generator_from_model(self.model)
-            results = evaluation.evaluate_generator(
-                generate, self.judge, latent_dim=latent_dim, per_class=self.per_class, seed=self.seed
-            )
+            results = evaluation.evaluate_generator(self._sampler, self.judge, per_class=self.per_class, seed=self.seed)
         logs.update({key: results[key] for key in self.KEYS})
 
 

@@ -52,9 +52,10 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import data, evaluation, export
     from cgan_keras import judge as judges
+    from cgan_keras.sampler import DigitSampler
 
     try:
-        generate, latent_dim = evaluation.generator_from_saved_model(args.model)
+        sampler = DigitSampler.from_saved_model(args.model)
         source = data.resolve_source(args.data)
         images, labels = data.load_data(source)
     except (export.SavedModelError, data.DataError) as error:
@@ -69,7 +70,7 @@ def main(argv=None):
     print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
     try:
         results = evaluation.evaluate_and_save(
-            generate, latent_dim, judge, out, args.per_class, args.seed, model=str(args.model), data=source
+            sampler, judge, out, args.per_class, args.seed, model=str(args.model), data=source
         )
     except OSError as error:
         fail(f"cannot write --out {out}: {error.strerror}")

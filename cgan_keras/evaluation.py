@@ -11,16 +11,13 @@ The judge itself (training, caching, held-out digits) lives in `judge.py`.
 import json
 import warnings
 
-import keras
 import numpy as np
 import scipy.linalg
 import scipy.special
-import tensorflow as tf
 
-from cgan_keras import export
 from cgan_keras.artifacts import atomic_path
-from cgan_keras.gan import sample_noise
 from cgan_keras.judge import BATCH_SIZE
+from cgan_keras.sampler import sample_noise
 
 
 def frechet_distance(features_a, features_b):
@@ -97,7 +94,7 @@ def label_accuracy(probabilities, digits):
     return float(correct.mean()), per_class
 
 
-def evaluate_generator(generate, judge, real_images=None, real_labels=None, *, latent_dim, per_class=1000, seed=0):
+def evaluate_generator(sampler, judge, real_images=None, real_labels=None, *, per_class=1000, seed=0):
     """Scores a generator against real digits the judge did not train on.
 
     The real digits are split class by class into equal halves A and B. The
@@ -105,13 +102,12 @@ def evaluate_generator(generate, judge, real_images=None, real_labels=None, *, l
     generated digits as B, asked for B's labels: same sample sizes, same mix.
 
     Args:
-        generate: `generate(digits int32 (n,), noise float32 (n, latent_dim))` ->
-            float32 `(n, H, W, C)` in [0, 1]; given at most `BATCH_SIZE` digits a call.
+        sampler: a `sampler.DigitSampler`; its `from_noise` is given at most
+            `BATCH_SIZE` digits a call.
         judge: a `judge.Judge`.
         real_images: float32 `(M, H, W, C)` in [0, 1], M >= 4; `None` means
             the digits the judge held out (`judge.held_out_images`).
         real_labels: int `(M,)`; `None` with `real_images` `None`.
-        latent_dim: length of the generator's noise vector.
         per_class: generated digits of each class for accuracy and classifier score.
         seed: seed of the noise (`np.random.default_rng(seed)`).
 
@@ -138,8 +134,8 @@ def evaluate_generator(generate, judge, real_images=None, real_labels=None, *, l
     num_classes = real_probabilities.shape[1]
     asked = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
     digits = np.concatenate([asked, real_labels[half_b].astype(np.int32)])
-    noise = sample_noise(len(digits), latent_dim, seed)
-    features, probabilities = _generate_and_judge(generate, judge, digits, noise)
+    noise = sample_noise(len(digits), sampler.latent_dim, seed)
+    features, probabilities = _generate_and_judge(sampler, judge, digits, noise)
     accuracy, per_class_accuracy = label_accuracy(probabilities[: len(asked)], asked)
     worst_class = int(np.argmin(per_class_accuracy))
     return {
@@ -158,21 +154,21 @@ def evaluate_generator(generate, judge, real_images=None, real_labels=None, *, l
     }
 
 
-def _generate_and_judge(generate, judge, digits, noise):
+def _generate_and_judge(sampler, judge, digits, noise):
     # Batch by batch, keeping only the judge's outputs, so memory stays bounded.
     image_shape = judge.classifier.input_shape[1:]
     features, probabilities = [], []
     for start in range(0, len(digits), BATCH_SIZE):
         stop = min(start + BATCH_SIZE, len(digits))
-        images = np.asarray(generate(digits[start:stop], noise[start:stop]))
+        images = np.asarray(sampler.from_noise(digits[start:stop], noise[start:stop]))
         if images.shape != (stop - start, *image_shape):
             raise ValueError(
-                f"`generate` must return images of shape (n, {', '.join(map(str, image_shape))}) "
+                f"`sampler.from_noise` must return images of shape (n, {', '.join(map(str, image_shape))}) "
                 f"for n={stop - start} digits. Received: shape={images.shape}"
             )
         if not (images.min() >= 0 and images.max() <= 1):
             raise ValueError(
-                "`generate` must return images in [0, 1]: map a tanh output with (x + 1) / 2. "
+                "`sampler.from_noise` must return images in [0, 1]: map a tanh output with (x + 1) / 2. "
                 f"Received: min={images.min()}, max={images.max()}"
             )
         batch_features, batch_probabilities = judge.predict(images)
@@ -181,35 +177,11 @@ def _generate_and_judge(generate, judge, digits, noise):
     return np.concatenate(features), np.concatenate(probabilities)
 
 
-def generator_from_saved_model(path):
-    """Loads an exported generator as `(generate, latent_dim)` for `evaluate_generator`.
-
-    Raises:
-        export.SavedModelError: the path is not a generator SavedModel.
-    """
-    serve, latent_dim = export.load_generator(path)
-
-    def generate(digits, noise):
-        return serve(digit=tf.constant(digits, tf.int32), noise=tf.constant(noise, tf.float32))["images"].numpy()
-
-    return generate, latent_dim
-
-
-def generator_from_model(gan):
-    """Wraps a `ConditionalGAN`'s generator (tanh, [-1, 1]) as `(generate, latent_dim)` in [0, 1]."""
-
-    def generate(digits, noise):
-        images = gan.generator({"digit": digits, "noise": noise}, training=False)
-        return (keras.ops.convert_to_numpy(images) + 1) / 2
-
-    return generate, gan.latent_dim
-
-
-def evaluate_and_save(generate, latent_dim, judge, path, per_class=1000, seed=0, **context):
+def evaluate_and_save(sampler, judge, path, per_class=1000, seed=0, **context):
     """Runs `evaluate_generator` on the judge's held-out digits and writes the results as JSON.
 
     Args:
-        generate, latent_dim: as `generator_from_model` or `generator_from_saved_model` return them.
+        sampler: a `sampler.DigitSampler` (e.g. `DigitSampler.from_gan(gan)`).
         judge: a `judge.Judge`.
         path: the JSON file (e.g. `eval.json`), written atomically.
         per_class, seed: as in `evaluate_generator`.
@@ -218,7 +190,7 @@ def evaluate_and_save(generate, latent_dim, judge, path, per_class=1000, seed=0,
     Returns:
         The results dict of `evaluate_generator`.
     """
-    results = evaluate_generator(generate, judge, latent_dim=latent_dim, per_class=per_class, seed=seed)
+    results = evaluate_generator(sampler, judge, per_class=per_class, seed=seed)
     record = {**context, "judge": str(judge.path), **results}
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")

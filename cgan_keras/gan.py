@@ -7,11 +7,11 @@ with flipped labels (its fakes labelled real).
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from cgan_keras import data, models
+from cgan_keras.sampler import DigitSampler
 
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
@@ -163,40 +163,22 @@ class ConditionalGAN(keras.Model):
             noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.seed_generator)
         return self.generator({"digit": digits, "noise": noise}, training=training)
 
-    def generate(self, digits, seed=None, batch_size=1024):
+    def generate(self, digits, seed=None):
         """Generates one image per requested digit, in inference mode.
 
         Args:
             digits: ints in `[0, num_classes)`, shape `(N,)`.
             seed: seed of the noise (`np.random.default_rng(seed)`); the same
                 seed gives the same images here and through the exported
-                SavedModel.
-            batch_size: digits generated per forward pass (bounds memory).
+                SavedModel and ONNX file.
 
         Returns:
             numpy float32 `(N, H, W, C)` in [0, 1].
         """
-        digits = np.asarray(digits, dtype="int32").reshape(-1)
-        if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
-            raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
-        noise = sample_noise(len(digits), self.latent_dim, seed)
-        batches = [
-            ops.convert_to_numpy(self._inference(digits[i : i + batch_size], noise[i : i + batch_size]))
-            for i in range(0, len(digits), batch_size)
-        ]
-        images = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), "float32")
-        return (images + 1.0) / 2.0
-
-    @property
-    def _inference(self):
-        # A compiled call, built once: eager calls cost ~7 ms per batch here. Not
-        # predict_on_batch, which under tf.distribute splits and pads the batch.
-        if getattr(self, "_inference_function", None) is None:
-            self._inference_function = tf.function(
-                lambda digits, noise: self.generator({"digit": digits, "noise": noise}, training=False),
-                reduce_retracing=True,
-            )
-        return self._inference_function
+        # Built once: its compiled call is traced on the first use.
+        if getattr(self, "_sampler", None) is None:
+            self._sampler = DigitSampler.from_gan(self)
+        return self._sampler(digits, seed=seed)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
         """Trains on `(images, labels)`, checked once here rather than in every step.
@@ -367,15 +349,6 @@ class ConditionalGAN(keras.Model):
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
-
-
-def sample_noise(count, latent_dim, seed=None):
-    """Draws generator noise reproducibly.
-
-    Returns:
-        float32 `(count, latent_dim)` from a standard normal.
-    """
-    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
 
 
 def _replica_context():

@@ -9,10 +9,11 @@ import pytest
 import scipy.linalg
 from conftest import LATENT_DIM, tiny_gan
 
-from cgan_keras import evaluate, evaluation, export
+from cgan_keras import evaluate, evaluation
 from cgan_keras import judge as judges
 from cgan_keras.data import load_data
 from cgan_keras.export import export_generator
+from cgan_keras.sampler import DigitSampler
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +147,8 @@ def test_label_accuracy_of_real_digits_is_the_judges_accuracy_on_them(judge):
             served[digit] += 1
         return np.stack(batch)
 
-    results = evaluation.evaluate_generator(
-        real_generate, judge, images, labels, latent_dim=LATENT_DIM, per_class=per_class
-    )
+    sampler = DigitSampler(real_generate, LATENT_DIM, images.shape[1:], num_classes=10)
+    results = evaluation.evaluate_generator(sampler, judge, images, labels, per_class=per_class)
     shown = np.concatenate([by_class[digit][np.arange(per_class) % len(by_class[digit])] for digit in range(10)])
     expected, expected_per_class = evaluation.label_accuracy(
         judge.predict(shown)[1], np.repeat(np.arange(10), per_class)
@@ -167,30 +167,14 @@ def test_label_accuracy_of_real_digits_is_the_judges_accuracy_on_them(judge):
 def test_evaluate_generator_rejects_bad_arguments_and_outputs(judge):
     images, labels = judge.held_out_images, judge.held_out_labels
     with pytest.raises(ValueError, match="Received: per_class=0"):
-        evaluation.evaluate_generator(None, judge, images, labels, latent_dim=LATENT_DIM, per_class=0)
+        evaluation.evaluate_generator(None, judge, images, labels, per_class=0)
 
     def tanh_range(digits, noise):
         return np.full((len(digits), 28, 28, 1), -1, np.float32)
 
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        evaluation.evaluate_generator(tanh_range, judge, images, labels, latent_dim=LATENT_DIM, per_class=1)
-
-
-def test_generators_from_a_model_and_its_saved_model_agree(saved_model):
-    gan, path = saved_model
-    from_model, latent_dim = evaluation.generator_from_model(gan)
-    from_saved_model, saved_latent_dim = evaluation.generator_from_saved_model(path)
-    assert latent_dim == saved_latent_dim == LATENT_DIM
-    digits = np.arange(10, dtype=np.int32)
-    noise = np.random.default_rng(0).standard_normal((10, LATENT_DIM), dtype=np.float32)
-    images = from_saved_model(digits, noise)
-    assert images.shape == (10, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
-    np.testing.assert_allclose(images, from_model(digits, noise), atol=1e-5)
-
-
-def test_generator_from_saved_model_rejects_a_directory_without_one(tmp_path):
-    with pytest.raises(export.SavedModelError, match="Received: path="):
-        evaluation.generator_from_saved_model(tmp_path)
+        sampler = DigitSampler(tanh_range, LATENT_DIM, images.shape[1:], num_classes=10)
+        evaluation.evaluate_generator(sampler, judge, images, labels, per_class=1)
 
 
 def test_cli_writes_eval_json_beside_the_model(saved_model, judge, monkeypatch, capsys):
