@@ -15,9 +15,12 @@ from cgan_keras.sampler import to_unit_range
 ONNX_OPSET = 17
 
 
-def _serving_function(gan):
-    """`serve(digit int32 [N], noise float32 [N, latent_dim]) -> {"images": float32 [N, H, W, C] in [0, 1]}`."""
-    generator = gan.generator
+def _serving_function(gan, generator=None):
+    """`serve(digit int32 [N], noise float32 [N, latent_dim]) -> {"images": float32 [N, H, W, C] in [0, 1]}`.
+
+    `generator` replaces the GAN's network (e.g. a float32 copy of it).
+    """
+    generator = generator or gan.generator
 
     def serve(digit, noise):
         images = generator({"digit": digit, "noise": noise}, training=False)
@@ -105,7 +108,8 @@ def export_onnx(gan, path):
 
     Inputs `digit` int32 `[N]` and `noise` float32 `[N, latent_dim]`; output
     `images` float32 `[N, H, W, C]` in [0, 1], as the SavedModel's
-    `serving_default`, with BatchNorm in inference mode. Metadata
+    `serving_default`, with BatchNorm in inference mode, computed in float32
+    whatever the training's dtype policy. Metadata
     `latent_dim` and `num_classes` are recorded. Written atomically.
 
     Args:
@@ -124,7 +128,7 @@ def export_onnx(gan, path):
     import tf2onnx
 
     signature = _serving_signature(gan)
-    function = tf.function(_serving_function(gan), input_signature=signature)
+    function = tf.function(_serving_function(gan, _float32_copy(gan.generator)), input_signature=signature)
     model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
     for key, value in {"latent_dim": gan.latent_dim, "num_classes": gan.num_classes}.items():
         entry = model.metadata_props.add()
@@ -132,6 +136,21 @@ def export_onnx(gan, path):
     with atomic_path(path) as temporary:
         temporary.write_bytes(model.SerializeToString())
     return Path(path)
+
+
+def _float32_copy(network):
+    """`network` itself if it computes in float32, else a float32 clone with the same weights.
+
+    onnxruntime has no bfloat16 or float16 kernels for most of the generator's
+    layers (e.g. ConvTranspose), so a mixed-precision network is exported in float32.
+    """
+    if network.dtype_policy.compute_dtype == "float32":
+        return network
+    copy = keras.models.clone_model(
+        network, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+    )
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def save_model(model, path):
