@@ -1,5 +1,4 @@
-"""Writing trained models: the generator as a SavedModel (also laid out for TF Serving) and as ONNX,
-any model as a `.keras` file."""
+"""Writing trained models: the generator as a SavedModel (with a TF Serving copy) and as ONNX; `.keras` files."""
 
 import shutil
 from pathlib import Path
