@@ -1,14 +1,16 @@
-"""Generate digits with an exported generator (a TensorFlow SavedModel).
+"""Generate digits with an exported generator: a TensorFlow SavedModel or an ONNX file.
 
 Examples:
 
     python infer.py --model saved_models/cgan/generator --digit 9
-    python infer.py --model saved_models/cgan/generator --digit all --out all.png
+    python infer.py --model saved_models/cgan/generator.onnx --digit all --out all.png
     python infer.py --digit 7 --count 25 --seed 3 --npy sevens.npy
 
-The SavedModel is loaded with `tf.saved_model.load`: no Keras model is
-rebuilt and no code from the model's directory runs. The same `--seed` gives
-the same images. User mistakes exit with code 2 and one line on stderr.
+A `--model` ending in `.onnx` runs on onnxruntime and never imports TensorFlow
+(about a second as a whole process); a directory is loaded with
+`tf.saved_model.load`. Neither rebuilds a Keras model or runs code from the
+model's files. The same `--seed` gives the same images from both. User
+mistakes exit with code 2 and one line on stderr.
 """
 
 import contextlib
@@ -22,17 +24,19 @@ import numpy as np
 from cgan_keras import cli
 from cgan_keras.artifacts import atomic_path
 from cgan_keras.grids import save_grid
+from cgan_keras.sampler import DigitSampler, OnnxModelError
 
 fail = functools.partial(cli.fail, "infer.py")
 NUM_CLASSES = 10
 MAX_TILES = 100
-BATCH_SIZE = 1024
 
 
 def parse_args(argv):
     parser = cli.make_parser(__doc__)
     parser.add_argument(
-        "--model", default="saved_models/cgan/generator", help="SavedModel directory (default: %(default)s)"
+        "--model",
+        default="saved_models/cgan/generator",
+        help="SavedModel directory, or a .onnx file (default: %(default)s)",
     )
     parser.add_argument("--digit", required=True, help="a digit 0-9, or `all` for one row per digit")
     parser.add_argument("--count", type=int, help="images per digit (default: 9, or 10 with --digit all)")
@@ -54,39 +58,33 @@ def parse_args(argv):
     return args
 
 
-def load_generator(path):
-    """Loads the SavedModel's `serving_default`; returns `(signature, latent_dim)`."""
+def load_sampler(path):
+    """Loads `--model` as a `DigitSampler`: an ONNX file with onnxruntime, a SavedModel with TensorFlow."""
+    if Path(path).suffix == ".onnx":
+        try:
+            return DigitSampler.from_onnx(path)
+        except OnnxModelError as error:
+            fail(f"--model {path} is not a generator ONNX file: {error}")
     if not Path(path).is_dir():
-        fail(f"--model {path} is not a directory; expected a SavedModel exported by train.py")
-    # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
+        fail(f"--model {path} is not a directory; expected a SavedModel or a .onnx file exported by train.py")
+    # Imported once the arguments are checked, and only for a SavedModel:
+    # TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import export
 
     try:
-        return export.load_generator(path)
+        return DigitSampler.from_saved_model(path)
     except export.SavedModelError as error:
         fail(f"--model {path} is not a generator SavedModel: {error}")
 
 
-def generate(signature, latent_dim, digits, seed):
-    """Yields `(start, images)`: float32 `(n, H, W, C)` in [0, 1] for `digits[start:start + n]`.
-
-    Noise is drawn batch by batch from one seeded stream, so memory stays bounded
-    for any count and the images depend only on `seed` and `digits`.
-    """
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
-    for start in range(0, len(digits), BATCH_SIZE):
-        batch = digits[start : start + BATCH_SIZE]
-        noise = rng.standard_normal((len(batch), latent_dim), dtype=np.float32)
-        yield start, signature(digit=tf.constant(batch), noise=tf.constant(noise))["images"].numpy()
-
-
-def generate_all(signature, latent_dim, digits, seed, shown, npy_path=None):
+def generate_all(sampler, digits, seed, shown, npy_path=None):
     """Generates every digit, streaming them to `npy_path` if given; returns the `shown` ones.
 
     Args:
+        sampler: a `DigitSampler`.
+        digits: int32 `(N,)`.
+        seed: seed of the noise.
         shown: bool `(N,)`, which images to keep in memory for the grid.
         npy_path: optional `.npy` that receives all N images, written atomically.
     """
@@ -95,9 +93,9 @@ def generate_all(signature, latent_dim, digits, seed, shown, npy_path=None):
         array = None
         if npy_path:
             temporary = stack.enter_context(atomic_path(npy_path))
-            image_shape = tuple(signature.structured_outputs["images"].shape[1:])
-            array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=(len(digits), *image_shape))
-        for start, images in generate(signature, latent_dim, digits, seed):
+            shape = (len(digits), *sampler.image_shape)
+            array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32, shape=shape)
+        for start, images in sampler.batches(digits, seed):
             if array is not None:
                 array[start : start + len(images)] = images
             tiles.append(images[shown[start : start + len(images)]])
@@ -108,7 +106,7 @@ def generate_all(signature, latent_dim, digits, seed, shown, npy_path=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    signature, latent_dim = load_generator(args.model)
+    sampler = load_sampler(args.model)
     digits = np.repeat(args.digits, args.count)
     shown = np.zeros(len(digits), dtype=bool)
     if args.digit == "all":
@@ -118,7 +116,7 @@ def main(argv=None):
         shown[:MAX_TILES] = True
         columns = math.ceil(math.sqrt(shown.sum()))
     try:
-        tiles = generate_all(signature, latent_dim, digits, args.seed, shown, args.npy)
+        tiles = generate_all(sampler, digits, args.seed, shown, args.npy)
         save_grid(args.out, tiles, digits[shown], columns=columns)
     except OSError as error:
         fail(f"cannot write {error.filename}: {error.strerror}")

@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.train_speed import step_flops  # noqa: E402
@@ -77,15 +78,33 @@ class Scores(keras.callbacks.Callback):
         if step % self.every:
             return
         networks = {"raw": self.model.generator, "ema": self.model.ema_generator}
+        if self.model.ema_generator is not None:
+            networks["ema, BN recomputed"] = with_recomputed_batch_norm(self.model.ema_generator, self.model.latent_dim)
         for kind, network in networks.items():
             if network is None:
                 continue
-            sampler = DigitSampler.from_network(network, self.model.latent_dim)
+            sampler = DigitSampler.from_network(network, self.model.num_classes)
             results = report.evaluate_generator(sampler, self.judge, self.per_class, self.seed)
             row = [self.label, kind, f"{step:,}", f"{step * self.flops_per_step:.2e}", f"{self.train_seconds:.0f}",
                    *score_cells(results)]  # fmt: skip
             self.rows.append(row)
             print("| " + " | ".join(row) + " |", flush=True)
+
+
+def with_recomputed_batch_norm(network, latent_dim, count=4096):
+    """A copy of a generator whose BatchNorm statistics are those of its own activations on `count` fakes.
+
+    The EMA generator copies the raw generator's statistics; this measures what that costs.
+    """
+    copy = network.__class__.from_config(network.get_config())
+    copy.set_weights(network.get_weights())
+    batch_norms = [layer for layer in copy.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in batch_norms:
+        layer.momentum = 0.0  # the statistics of this one batch, not a running mean
+    rng = np.random.default_rng(0)
+    digits = np.arange(count, dtype=np.int32) % 10
+    copy({"digit": digits, "noise": rng.standard_normal((count, latent_dim), dtype=np.float32)}, training=True)
+    return copy
 
 
 def score_cells(results):

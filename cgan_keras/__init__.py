@@ -11,11 +11,13 @@ import importlib
 
 _PUBLIC = {
     "ConditionalGAN": "cgan_keras.gan",
+    "DigitSampler": "cgan_keras.sampler",
     "SampleGridCallback": "cgan_keras.callbacks",
     "TrainConfig": "cgan_keras.config",
     "build_discriminator": "cgan_keras.models",
     "build_generator": "cgan_keras.models",
     "export_generator": "cgan_keras.export",
+    "export_onnx": "cgan_keras.export",
     "load_data": "cgan_keras.data",
     "make_dataset": "cgan_keras.data",
 }

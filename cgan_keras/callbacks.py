@@ -61,6 +61,11 @@ class SampleGridCallback(keras.callbacks.Callback):
         self.log_dir = log_dir
         self._last_step = None
         self._writer = None
+        self._sampler = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._sampler = DigitSampler.from_gan(model)
 
     def on_train_begin(self, logs=None):
         self._last_step = global_step(self.model)
@@ -77,7 +82,7 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def write_grid(self, step):
         """Renders the fixed samples at the current weights; returns the PNG's path."""
-        images = DigitSampler.from_gan(self.model)(self.digits, seed=self.seed)
+        images = self._sampler(self.digits, seed=self.seed)
         path = self.directory / f"step_{step:06d}.png"
         grids.save_grid(path, images, self.digits, columns=self.columns, title=f"step {step}")
         if self._writer is not None:
@@ -111,6 +116,11 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.per_class = per_class
         self.seed = seed
         self._train_seconds = 0.0  # summed over every fit call this callback serves
+        self._sampler = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._sampler = DigitSampler.from_gan(model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
@@ -122,9 +132,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         logs["train_seconds"] = self._train_seconds
         results = dict.fromkeys(self.KEYS, float("nan"))
         if global_step(self.model) % self.every == 0:
-            results = report.evaluate_generator(
-                DigitSampler.from_gan(self.model), self.judge, per_class=self.per_class, seed=self.seed
-            )
+            results = report.evaluate_generator(self._sampler, self.judge, per_class=self.per_class, seed=self.seed)
         logs.update({key: results[key] for key in self.KEYS})
 
 

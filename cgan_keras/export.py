@@ -1,25 +1,59 @@
-"""Writing trained models: the generator as a SavedModel, any model as a `.keras` file."""
+"""Writing trained models: the generator as a SavedModel (with a TF Serving copy) and as ONNX; `.keras` files."""
 
+import shutil
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from cgan_keras import models
 from cgan_keras.artifacts import atomic_path
+from cgan_keras.sampler import to_unit_range
+
+# Opset 17 (2022) runs on every onnxruntime since 1.13 and on most other runtimes.
+ONNX_OPSET = 17
+
+
+def _serving_function(gan, generator=None):
+    """`serve(digit int32 [N], noise float32 [N, latent_dim]) -> {"images": float32 [N, H, W, C] in [0, 1]}`.
+
+    `generator` replaces the GAN's network (e.g. a float32 copy of it).
+    """
+    generator = generator or gan.inference_generator
+
+    def serve(digit, noise):
+        images = generator({"digit": digit, "noise": noise}, training=False)
+        return {"images": to_unit_range(tf.cast(images, tf.float32))}
+
+    return serve
+
+
+def _serving_signature(gan):
+    return [
+        tf.TensorSpec([None], tf.int32, name="digit"),
+        tf.TensorSpec([None, gan.latent_dim], tf.float32, name="noise"),
+    ]
 
 
 def export_generator(gan, path):
-    """Writes `gan.generator` as a SavedModel that needs neither Keras nor this package.
+    """Writes `gan.inference_generator` (the EMA generator, if any) as a SavedModel needing no Keras or cgan_keras.
 
-    The `serving_default` signature maps `digit` int32 `[None]` and `noise`
-    float32 `[None, latent_dim]` to `images` float32 `[None, H, W, C]` in
-    [0, 1]. BatchNorm runs in inference mode. No device is baked in, so the
+    Two signatures, both returning `images` float32 `[None, H, W, C]` in [0, 1]:
+
+    - `serving_default`: `digit` int32 `[None]` and `noise` float32
+      `[None, latent_dim]`.
+    - `generate`: `digit` int32 `[None]` and `seed` int64 scalar; the noise is
+      drawn inside the graph with `tf.random.stateless_normal(seed=[seed, 0])`,
+      so a client (e.g. TF Serving over REST) sends only digits and a seed.
+      These are not the images of `infer.py --seed` (numpy draws that noise).
+
+    BatchNorm runs in inference mode. No device is baked in, so the
     SavedModel loads with `tf.saved_model.load(path)` on a machine with or
-    without a GPU. The directory is written under a temporary name and renamed
-    into place.
+    without a GPU. `num_classes` is recorded as a variable collection. The
+    directory is written under a temporary name and renamed into place.
 
     Args:
-        gan: a `ConditionalGAN` (anything with `.generator` and `.latent_dim`).
+        gan: a `ConditionalGAN` (anything with `.inference_generator`, `.latent_dim` and `.num_classes`).
         path: destination directory.
 
     Returns:
@@ -29,28 +63,93 @@ def export_generator(gan, path):
 
     >>> export_generator(gan, "saved_models/cgan/generator")
     >>> loaded = tf.saved_model.load("saved_models/cgan/generator")
-    >>> loaded.signatures["serving_default"](digit=tf.constant([7]),
-    ...     noise=tf.random.normal([1, gan.latent_dim]))["images"]
+    >>> loaded.signatures["generate"](digit=tf.constant([7, 7]), seed=tf.constant(0, tf.int64))["images"]
     """
-    generator = gan.inference_generator
+    serve = _serving_function(gan)
 
-    def serve(digit, noise):
-        images = generator({"digit": digit, "noise": noise}, training=False)
-        return {"images": (tf.cast(images, tf.float32) + 1.0) / 2.0}
+    def generate(digit, seed):
+        noise_seed = tf.stack([seed, tf.zeros_like(seed)])
+        noise = tf.random.stateless_normal((tf.shape(digit)[0], gan.latent_dim), seed=noise_seed)
+        return serve(digit, noise)
 
     archive = keras.export.ExportArchive()
-    archive.track(generator)
+    archive.track(gan.inference_generator)
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=_serving_signature(gan))
     archive.add_endpoint(
-        name="serving_default",
-        fn=serve,
-        input_signature=[
-            tf.TensorSpec([None], tf.int32, name="digit"),
-            tf.TensorSpec([None, gan.latent_dim], tf.float32, name="noise"),
-        ],
+        name="generate",
+        fn=generate,
+        input_signature=[tf.TensorSpec([None], tf.int32, name="digit"), tf.TensorSpec([], tf.int64, name="seed")],
     )
+    archive.add_variable_collection("num_classes", [tf.Variable(gan.num_classes, trainable=False, name="num_classes")])
     with atomic_path(path, directory=True) as temporary:
         archive.write_out(str(temporary), verbose=False)
     return Path(path)
+
+
+def export_serving(saved_model, base_path, version=1):
+    """Copies a SavedModel to `base_path/<version>/`, the layout TensorFlow Serving watches.
+
+    Point the server's model base path at `base_path` (e.g. `serving/cgan`,
+    model name `cgan`); it serves the highest numeric version it finds. The
+    version directory is replaced atomically.
+
+    Returns:
+        `pathlib.Path` of the version directory.
+    """
+    version_path = Path(base_path) / str(int(version))
+    with atomic_path(version_path, directory=True) as temporary:
+        shutil.copytree(saved_model, temporary)
+    return version_path
+
+
+def export_onnx(gan, path):
+    """Writes `gan.inference_generator` as an ONNX model (through tf2onnx), runnable with onnxruntime alone.
+
+    Inputs `digit` int32 `[N]` and `noise` float32 `[N, latent_dim]`; output
+    `images` float32 `[N, H, W, C]` in [0, 1], as the SavedModel's
+    `serving_default`, with BatchNorm in inference mode, computed in float32
+    whatever the training's dtype policy. Metadata
+    `latent_dim` and `num_classes` are recorded. Written atomically.
+
+    Args:
+        gan: a `ConditionalGAN` (anything with `.inference_generator`, `.latent_dim` and `.num_classes`).
+        path: destination `.onnx` file.
+
+    Returns:
+        `pathlib.Path` of the file.
+
+    Example:
+
+    >>> export_onnx(gan, "saved_models/cgan/generator.onnx")
+    >>> DigitSampler.from_onnx("saved_models/cgan/generator.onnx")([7] * 9, seed=0)
+    """
+    # Imported here: tf2onnx takes a second to import and only exporting needs it.
+    import tf2onnx
+
+    signature = _serving_signature(gan)
+    function = tf.function(_serving_function(gan, _float32_copy(gan.inference_generator)), input_signature=signature)
+    model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+    for key, value in {"latent_dim": gan.latent_dim, "num_classes": gan.num_classes}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(model.SerializeToString())
+    return Path(path)
+
+
+def _float32_copy(network):
+    """`network` itself if it computes in float32, else a float32 clone with the same weights.
+
+    onnxruntime has no bfloat16 or float16 kernels for most of the generator's
+    layers (e.g. ConvTranspose), so a mixed-precision network is exported in float32.
+    """
+    if network.dtype_policy.compute_dtype == "float32":
+        return network
+    copy = keras.models.clone_model(
+        network, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+    )
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def save_model(model, path):
@@ -71,9 +170,10 @@ def load_generator(path):
         path: the SavedModel directory.
 
     Returns:
-        `(serve, latent_dim)`: the `serving_default` concrete function
-        (`serve(digit=int32 [N], noise=float32 [N, latent_dim])["images"]`)
-        and the noise length it expects.
+        `(serve, latent_dim, num_classes)`: the `serving_default` concrete
+        function (`serve(digit=int32 [N], noise=float32 [N, latent_dim])["images"]`),
+        the noise length it expects and the number of digit classes
+        (`models.NUM_CLASSES` for SavedModels exported before it was recorded).
 
     Raises:
         SavedModelError: the path is not a SavedModel, or lacks that signature.
@@ -83,7 +183,8 @@ def load_generator(path):
             f"Expected a SavedModel directory (with saved_model.pb) as written by `export_generator`. "
             f"Received: path={str(path)!r}"
         )
-    serve = tf.saved_model.load(str(path)).signatures.get("serving_default")
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures.get("serving_default")
     inputs = serve.structured_input_signature[1] if serve is not None else {}
     outputs = serve.structured_outputs if serve is not None else {}
     if set(inputs) != {"digit", "noise"} or inputs["noise"].shape.rank != 2 or "images" not in outputs:
@@ -91,4 +192,6 @@ def load_generator(path):
             "Expected a `serving_default` signature (digit, noise) -> images. "
             f"Received: inputs={sorted(inputs)}, outputs={sorted(outputs)}, path={str(path)!r}"
         )
-    return serve, int(inputs["noise"].shape[-1])
+    recorded = getattr(loaded, "num_classes", None)
+    num_classes = int(recorded[0].numpy()) if recorded else models.NUM_CLASSES
+    return serve, int(inputs["noise"].shape[-1]), num_classes

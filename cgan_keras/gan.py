@@ -44,7 +44,7 @@ class ConditionalGAN(keras.Model):
     >>> gan = ConditionalGAN(latent_dim=64)
     >>> gan.compile()
     >>> gan.fit(images, labels, batch_size=64, epochs=1)
-    >>> nines = gan.generate([9] * 16, seed=0)  # float32 (16, 28, 28, 1) in [0, 1]
+    >>> nines = cgan_keras.DigitSampler.from_gan(gan)([9] * 16, seed=0)  # float32 (16, 28, 28, 1) in [0, 1]
     """
 
     def __init__(

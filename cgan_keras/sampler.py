@@ -1,46 +1,180 @@
-"""`DigitSampler`: one way to ask any generator for digits (a model, a SavedModel)."""
+"""`DigitSampler`: a trained generator, from wherever it was loaded, as digits -> images in [0, 1].
+
+One home for what every user of a generator needs: the noise (seeded, optionally
+truncated), the tanh -> [0, 1] mapping and the batching. The same class wraps a
+`ConditionalGAN`, an exported SavedModel and an exported ONNX file, so the same
+digits and seed give the same images from each.
+
+Importing this module is cheap: TensorFlow is imported only by the constructors
+that need it (`from_gan`, `from_saved_model`); `from_onnx` runs on onnxruntime
+alone.
+"""
+
+from pathlib import Path
 
 import numpy as np
 
-BATCH_SIZE = 1024
+BATCH_SIZE = 1024  # digits per forward pass: bounds memory for any count
 
 
-def sample_noise(count, latent_dim, seed=None):
-    """Draws generator noise reproducibly: float32 `(count, latent_dim)` from a standard normal."""
-    return np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
+def to_unit_range(images):
+    """Maps a tanh output in [-1, 1] to [0, 1]; works on numpy arrays and TensorFlow tensors alike."""
+    return (images + 1.0) / 2.0
+
+
+def noise_batches(count, latent_dim, seed=None, truncation=None, batch_size=BATCH_SIZE):
+    """Yields the noise of `count` digits, `batch_size` rows at a time, from one seeded stream.
+
+    Without truncation, the concatenated batches equal
+    `np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)`
+    whatever the batch size. With `truncation=t`, values outside `[-t, t]` are
+    redrawn from the same stream, batch by batch, until none is left (a
+    standard normal truncated at +-t); the result depends only on `seed`, `t`
+    and `batch_size`.
+
+    Yields:
+        float32 `(n, latent_dim)`, `n <= batch_size`.
+    """
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, batch_size):
+        noise = rng.standard_normal((min(batch_size, count - start), latent_dim), dtype=np.float32)
+        if truncation is not None:
+            outside = np.abs(noise) > truncation
+            while outside.any():
+                noise[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+                outside = np.abs(noise) > truncation
+        yield noise
+
+
+def sample_noise(count, latent_dim, seed=None, truncation=None):
+    """Draws generator noise reproducibly: the batches of `noise_batches`, concatenated.
+
+    Returns:
+        float32 `(count, latent_dim)`: a standard normal, truncated at
+        `+-truncation` if given.
+    """
+    return np.concatenate([*noise_batches(count, latent_dim, seed, truncation), np.zeros((0, latent_dim), np.float32)])
+
+
+class OnnxModelError(ValueError):
+    """A file is not a generator ONNX model as written by `export.export_onnx`."""
 
 
 class DigitSampler:
-    """A generator seen from outside: digits (and a seed) in, images in [0, 1] out.
+    """Draws digits from a generator: `sampler(digits, seed)` -> float32 images in [0, 1].
+
+    Build it with `from_gan`, `from_saved_model` or `from_onnx`; the
+    constructor takes any forward function.
 
     Args:
-        generate: `generate(digits int32 (n,), noise float32 (n, latent_dim))` ->
-            float32 `(n, H, W, C)` in [0, 1], for at most `BATCH_SIZE` digits.
+        forward: `forward(digits int32 (n,), noise float32 (n, latent_dim))`
+            -> float32 `(n, H, W, C)` in [0, 1], called with at most
+            `BATCH_SIZE` digits.
         latent_dim: length of the noise vector.
+        image_shape: `(H, W, C)` of the images.
+        num_classes: digits are ints in `[0, num_classes)`.
+
+    Example:
+
+    >>> sampler = DigitSampler.from_onnx("saved_models/cgan/generator.onnx")
+    >>> sevens = sampler([7] * 9, seed=0)  # float32 (9, 28, 28, 1) in [0, 1]
     """
 
-    def __init__(self, generate, latent_dim):
-        self._generate = generate
-        self.latent_dim = latent_dim
+    def __init__(self, forward, latent_dim, image_shape, num_classes):
+        self.forward = forward
+        self.latent_dim = int(latent_dim)
+        self.image_shape = tuple(int(size) for size in image_shape)
+        self.num_classes = int(num_classes)
+
+    def __call__(self, digits, seed=None, truncation=None):
+        """Generates one image per digit, with noise from `np.random.default_rng(seed)`.
+
+        Args:
+            digits: ints in `[0, num_classes)`, shape `(N,)`.
+            seed: seed of the noise; the same seed gives the same images from
+                every constructor.
+            truncation: `None`, or a positive float `t`: noise from a standard
+                normal truncated at +-t (less variety, more typical digits).
+
+        Returns:
+            numpy float32 `(N, H, W, C)` in [0, 1].
+        """
+        batches = [images for _, images in self.batches(digits, seed, truncation)]
+        return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
+
+    def batches(self, digits, seed=None, truncation=None):
+        """Like `__call__`, but yields `(start, images)` for `digits[start:start + n]`, n <= `BATCH_SIZE`.
+
+        Memory stays bounded for any count, and the images are those `__call__` returns.
+        """
+        digits = self._check_digits(digits)
+        if truncation is not None and not truncation > 0:
+            raise ValueError(f"`truncation` must be None or a positive number. Received: truncation={truncation}")
+        noise = noise_batches(len(digits), self.latent_dim, seed, truncation)
+        for start, batch_noise in zip(range(0, len(digits), BATCH_SIZE), noise, strict=True):
+            yield start, self.forward(digits[start : start + len(batch_noise)], batch_noise)
+
+    def from_noise(self, digits, noise):
+        """Generates one image per digit from given noise.
+
+        Args:
+            digits: ints in `[0, num_classes)`, shape `(N,)`.
+            noise: float `(N, latent_dim)`.
+
+        Returns:
+            numpy float32 `(N, H, W, C)` in [0, 1].
+        """
+        digits = self._check_digits(digits)
+        noise = np.asarray(noise, dtype=np.float32)
+        if noise.shape != (len(digits), self.latent_dim):
+            raise ValueError(
+                f"Expected noise of shape ({len(digits)}, {self.latent_dim}), one row per digit. "
+                f"Received: noise.shape={noise.shape}"
+            )
+        batches = [
+            self.forward(digits[start : start + BATCH_SIZE], noise[start : start + BATCH_SIZE])
+            for start in range(0, len(digits), BATCH_SIZE)
+        ]
+        return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
+
+    def _check_digits(self, digits):
+        digits = np.asarray(digits, dtype=np.int32).reshape(-1)
+        if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
+            raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
+        return digits
 
     @classmethod
     def from_gan(cls, gan):
-        """Samples `gan.inference_generator` (the EMA generator where there is one), in inference mode."""
-        return cls.from_network(gan.inference_generator, gan.latent_dim)
+        """Wraps a `ConditionalGAN`'s `inference_generator` (the EMA generator where there is one)."""
+        return cls.from_network(gan.inference_generator, gan.num_classes)
 
     @classmethod
-    def from_network(cls, network, latent_dim):
-        """Samples a generator network (tanh output in [-1, 1]) in inference mode."""
-        import keras
+    def from_network(cls, network, num_classes):
+        """Wraps a generator network (inputs `digit`, `noise`; tanh output), run in inference mode."""
+        import tensorflow as tf
 
-        def generate(digits, noise):
-            return (keras.ops.convert_to_numpy(network({"digit": digits, "noise": noise}, training=False)) + 1) / 2
+        latent_dim = network.input["noise"].shape[-1]
+        # A compiled call with a fixed signature, traced once: eager calls cost
+        # ~7 ms per batch. Not predict_on_batch, which under tf.distribute
+        # splits and pads the batch.
+        inference = tf.function(
+            lambda digits, noise: to_unit_range(
+                tf.cast(network({"digit": digits, "noise": noise}, training=False), tf.float32)
+            ),
+            input_signature=[
+                tf.TensorSpec([None], tf.int32, name="digit"),
+                tf.TensorSpec([None, latent_dim], tf.float32, name="noise"),
+            ],
+        )
 
-        return cls(generate, latent_dim)
+        def forward(digits, noise):
+            return inference(tf.constant(digits), tf.constant(noise)).numpy()
+
+        return cls(forward, latent_dim, network.output.shape[1:], num_classes)
 
     @classmethod
     def from_saved_model(cls, path):
-        """Samples a SavedModel written by `export.export_generator`.
+        """Loads a SavedModel written by `export.export_generator` (its `serving_default`), with TensorFlow.
 
         Raises:
             export.SavedModelError: the path is not a generator SavedModel.
@@ -49,22 +183,57 @@ class DigitSampler:
 
         from cgan_keras import export
 
-        serve, latent_dim = export.load_generator(path)
+        serve, latent_dim, num_classes = export.load_generator(path)
 
-        def generate(digits, noise):
-            return serve(digit=tf.constant(digits, tf.int32), noise=tf.constant(noise, tf.float32))["images"].numpy()
+        def forward(digits, noise):
+            return serve(digit=tf.constant(digits), noise=tf.constant(noise))["images"].numpy()
 
-        return cls(generate, latent_dim)
+        return cls(forward, latent_dim, serve.structured_outputs["images"].shape[1:], num_classes)
 
-    def from_noise(self, digits, noise):
-        """Images float32 `(N, H, W, C)` in [0, 1] for digits int `(N,)` and noise float32 `(N, latent_dim)`."""
-        digits = np.asarray(digits, np.int32)
-        batches = [
-            self._generate(digits[start : start + BATCH_SIZE], noise[start : start + BATCH_SIZE])
-            for start in range(0, len(digits), BATCH_SIZE)
-        ]
-        return np.concatenate(batches)
+    @classmethod
+    def from_onnx(cls, path):
+        """Loads an ONNX file written by `export.export_onnx`, with onnxruntime (no TensorFlow).
 
-    def __call__(self, digits, seed=None):
-        """Images float32 `(N, H, W, C)` in [0, 1] for digits int `(N,)`, with noise `sample_noise(N, ..., seed)`."""
-        return self.from_noise(digits, sample_noise(len(digits), self.latent_dim, seed))
+        Raises:
+            OnnxModelError: the file is missing, not ONNX, or not a generator
+                with inputs `digit` int32 `[N]`, `noise` float32 `[N, latent_dim]`
+                and output `images` float32 `[N, H, W, C]`.
+        """
+        import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as errors
+
+        if not Path(path).is_file():
+            raise OnnxModelError(f"Expected an ONNX file as written by `export_onnx`. Received: path={str(path)!r}")
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
+        except (errors.Fail, errors.InvalidArgument, errors.InvalidGraph, errors.InvalidProtobuf) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OnnxModelError(f"onnxruntime cannot load it ({first_line}). Received: path={str(path)!r}") from None
+        inputs = {tensor.name: tensor for tensor in session.get_inputs()}
+        outputs = {tensor.name: tensor for tensor in session.get_outputs()}
+        images = outputs.get("images")
+        expected = (
+            set(inputs) == {"digit", "noise"}
+            and inputs["digit"].type == "tensor(int32)"
+            and len(inputs["digit"].shape) == 1
+            and inputs["noise"].type == "tensor(float)"
+            and len(inputs["noise"].shape) == 2
+            and isinstance(inputs["noise"].shape[1], int)
+            and images is not None
+            and images.type == "tensor(float)"
+            and len(images.shape) == 4
+            and all(isinstance(size, int) for size in images.shape[1:])
+        )
+        metadata = session.get_modelmeta().custom_metadata_map
+        if not expected or "num_classes" not in metadata:
+            signature = {name: (tensor.type, tensor.shape) for name, tensor in {**inputs, **outputs}.items()}
+            raise OnnxModelError(
+                "Expected inputs digit int32 [N], noise float [N, latent_dim], output images float [N, H, W, C] "
+                f"and `num_classes` metadata. Received: {signature}, metadata keys={sorted(metadata)}, "
+                f"path={str(path)!r}"
+            )
+
+        def forward(digits, noise):
+            return session.run(["images"], {"digit": digits, "noise": noise})[0]
+
+        return cls(forward, inputs["noise"].shape[1], images.shape[1:], int(metadata["num_classes"]))

@@ -8,7 +8,9 @@ tests. Layout of a run directory:
     history.csv       one row per `log_every` steps (Keras epoch)
     logs/             TensorBoard: the same scalars, and the sample grids as images
     checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
-    generator/        SavedModel (serving_default: digit, noise -> images)
+    generator/        SavedModel (serving_default: digit, noise -> images; generate: digit, seed -> images)
+    serving/cgan/1/   the same SavedModel, laid out for TF Serving (model base path serving/cgan)
+    generator.onnx    the generator as ONNX (digit, noise -> images), for onnxruntime
     generator.keras   the generator as a Keras file
     gan.keras         the whole ConditionalGAN, optimizers included
     eval.json         the judge's scores of the final generator (with a judge)
@@ -214,6 +216,8 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
                 verbose=verbose,
             )
         export.export_generator(gan, out / "generator")
+        export.export_serving(out / "generator", out / "serving" / "cgan")
+        export.export_onnx(gan, out / "generator.onnx")
         export.save_model(gan.inference_generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
         if stop.received:

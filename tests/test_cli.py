@@ -58,8 +58,9 @@ def test_train_writes_every_artifact(trained_run):
     assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "history.csv", "logs", "samples",
+        "generator.onnx", "history.csv", "logs", "samples", "serving",
     ]  # fmt: skip
+    assert (out / "serving" / "cgan" / "1" / "saved_model.pb").is_file()
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
                                                                    "step_000004.png"]  # fmt: skip
@@ -81,6 +82,54 @@ def test_infer_writes_a_grid_and_reproducible_arrays(trained_run):
     assert (work / "a.png").stat().st_size > 0
     result = run("infer.py", "--model", model, "--digit", "all", "--count", "2", "--out", "all.png", cwd=work)
     assert result.returncode == 0 and "20 of 20 digits shown" in result.stdout
+
+
+def test_infer_with_onnx_never_imports_tensorflow_and_matches_the_saved_model(trained_run):
+    work, _ = trained_run
+    # A `tensorflow` that raises on import, first on the path: the ONNX path must not touch it.
+    fake = work / "no_tensorflow" / "tensorflow"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    flags = ["--digit", "all", "--count", "3", "--seed", "11"]
+    onnx_run = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), "--model", str(work / "run" / "generator.onnx"), *flags,
+         "--out", "onnx.png", "--npy", "onnx.npy"],
+        capture_output=True, text=True, cwd=work, env=environment,
+    )  # fmt: skip
+    assert onnx_run.returncode == 0, onnx_run.stderr
+    saved_model_run = run("infer.py", "--model", str(work / "run" / "generator"), *flags, "--out", "tf.png",
+                          "--npy", "tf.npy", cwd=work)  # fmt: skip
+    assert saved_model_run.returncode == 0, saved_model_run.stderr
+    from_onnx, from_saved_model = np.load(work / "onnx.npy"), np.load(work / "tf.npy")
+    assert from_onnx.shape == (30, 28, 28, 1) and from_onnx.dtype == np.float32
+    assert np.abs(from_onnx - from_saved_model).max() <= 1e-4
+    assert (work / "onnx.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong inputs"])
+def test_infer_rejects_a_bad_onnx_file(trained_run, damage):
+    work, _ = trained_run
+    model = work / f"{damage.replace(' ', '_')}.onnx"
+    if damage == "truncated":
+        model.write_bytes((work / "run" / "generator.onnx").read_bytes()[:2000])
+        message = "onnxruntime cannot load it"
+    else:
+        import onnx
+
+        graph = onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["noise"], ["images"])],
+            "identity",
+            [onnx.helper.make_tensor_value_info("noise", onnx.TensorProto.FLOAT, ["N", 8])],
+            [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["N", 8])],
+        )
+        opset = [onnx.helper.make_opsetid("", 17)]
+        onnx.save(onnx.helper.make_model(graph, opset_imports=opset, ir_version=8), model)
+        message = "Expected inputs digit int32 [N], noise float [N, latent_dim]"
+    result = run("infer.py", "--model", str(model), "--digit", "1", cwd=work)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert f"--model {model} is not a generator ONNX file" in result.stderr and message in result.stderr
 
 
 @pytest.mark.parametrize(

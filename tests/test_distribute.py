@@ -7,6 +7,7 @@ import tensorflow as tf
 from cgan_keras import distribute, training
 from cgan_keras.config import TrainConfig
 from cgan_keras.export import export_generator, load_generator
+from cgan_keras.sampler import DigitSampler
 
 TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), seed=3)
 
@@ -37,7 +38,7 @@ def test_replicas_generate_different_fakes():
     mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
     keras.utils.set_random_seed(0)
     gan = training.build_gan(TINY, mirrored)
-    per_replica = mirrored.run(lambda: gan._sample_latents(4)[0])
+    per_replica = mirrored.run(lambda: gan._fakes_and_targets(tf.zeros((4, 28, 28, 1)))[0])
     first, second = (tensor.numpy() for tensor in mirrored.experimental_local_results(per_replica))
     assert first.shape == (4, TINY.latent_dim) and not np.allclose(first, second)
 
@@ -50,11 +51,11 @@ def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
     history = gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     export_generator(gan, tmp_path / "generator")
-    serve, latent_dim = load_generator(tmp_path / "generator")
+    serve, latent_dim, _ = load_generator(tmp_path / "generator")
     images = serve(digit=tf.constant([1, 2]), noise=tf.zeros([2, latent_dim]))["images"]
     assert images.dtype == tf.float32 and images.shape == (2, 28, 28, 1)
 
 
 def test_generate_under_a_mirrored_strategy_returns_one_image_per_digit():
     gan = training.build_gan(TINY, distribute.make_strategy("mirrored", cpu_replicas=2))
-    assert gan.generate(range(9), seed=0).shape == (9, 28, 28, 1)
+    assert DigitSampler.from_gan(gan)(range(9), seed=0).shape == (9, 28, 28, 1)

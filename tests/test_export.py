@@ -4,10 +4,13 @@ import sys
 
 import keras
 import numpy as np
+import onnxruntime
 import tensorflow as tf
 from conftest import LATENT_DIM, tiny_gan
 
-from cgan_keras.export import export_generator, save_model
+from cgan_keras import training
+from cgan_keras.config import TrainConfig
+from cgan_keras.export import export_generator, export_onnx, export_serving, save_model
 
 # Runs in a fresh interpreter that never imports cgan_keras (asserted), as a user's server would.
 LOAD_AND_RUN = """
@@ -74,3 +77,72 @@ def test_generator_keras_file_reloads_with_the_same_outputs(tmp_path):
     reloaded = keras.models.load_model(tmp_path / "generator.keras")
     inputs = {"digit": np.array([2], "int32"), "noise": np.ones((1, LATENT_DIM), "float32")}
     np.testing.assert_allclose(reloaded(inputs), gan.generator(inputs), atol=1e-6)
+
+
+def test_generate_signature_draws_the_noise_from_the_seed_in_the_graph(tmp_path):
+    gan = tiny_gan()
+    loaded = tf.saved_model.load(str(export_generator(gan, tmp_path / "generator")))
+    generate = loaded.signatures["generate"]
+    assert {name: spec.dtype for name, spec in generate.structured_input_signature[1].items()} == {
+        "digit": tf.int32,
+        "seed": tf.int64,
+    }
+    digits = tf.constant([3, 3, 8])
+    images = generate(digit=digits, seed=tf.constant(7, tf.int64))["images"].numpy()
+    assert images.shape == (3, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(images, generate(digit=digits, seed=tf.constant(7, tf.int64))["images"].numpy())
+    assert not np.array_equal(images, generate(digit=digits, seed=tf.constant(8, tf.int64))["images"].numpy())
+    noise = tf.random.stateless_normal((3, LATENT_DIM), seed=[7, 0])
+    served = loaded.signatures["serving_default"](digit=digits, noise=noise)["images"].numpy()
+    np.testing.assert_allclose(images, served, atol=1e-6)
+
+
+def test_saved_model_cli_runs_the_generate_signature_the_same_twice(tmp_path):
+    # TensorFlow's own tool, as a TF Serving user would check an export.
+    path = export_generator(tiny_gan(), tmp_path / "generator")
+    outputs = []
+    for run in ("a", "b"):
+        command = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run", "--dir", str(path)]
+        command += ["--tag_set", "serve", "--signature_def", "generate", "--input_exprs", "digit=[3,3];seed=7"]
+        subprocess.run([*command, "--outdir", str(tmp_path / run)], capture_output=True, text=True, check=True)
+        outputs.append(np.load(tmp_path / run / "images.npy"))
+    assert outputs[0].shape == (2, 28, 28, 1) and outputs[0].dtype == np.float32
+    assert outputs[0].min() >= 0 and outputs[0].max() <= 1
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_serving_layout_is_a_numbered_version_of_the_saved_model(tmp_path):
+    path = export_generator(tiny_gan(), tmp_path / "generator")
+    version = export_serving(path, tmp_path / "serving" / "cgan")
+    assert version == tmp_path / "serving" / "cgan" / "1" and (version / "saved_model.pb").is_file()
+    assert set(tf.saved_model.load(str(version)).signatures) == {"serving_default", "generate"}
+    export_serving(path, tmp_path / "serving" / "cgan")  # a rerun replaces version 1 whole
+    assert [child.name for child in (tmp_path / "serving" / "cgan").iterdir()] == ["1"]
+
+
+def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
+    gan = tiny_gan()
+    session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
+    inputs = {tensor.name: (tensor.type, tensor.shape[1:]) for tensor in session.get_inputs()}
+    assert inputs == {"digit": ("tensor(int32)", []), "noise": ("tensor(float)", [LATENT_DIM])}
+    assert [(tensor.name, tensor.shape[1:]) for tensor in session.get_outputs()] == [("images", [28, 28, 1])]
+    assert session.get_modelmeta().custom_metadata_map == {"latent_dim": str(LATENT_DIM), "num_classes": "10"}
+    digits = np.array([0, 3, 9], np.int32)
+    noise = np.random.default_rng(5).standard_normal((3, LATENT_DIM)).astype("float32")
+    images = session.run(["images"], {"digit": digits, "noise": noise})[0]
+    expected = (np.asarray(gan((digits, noise), training=False)) + 1) / 2
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["generator.onnx"]
+
+
+def test_a_mixed_precision_generator_exports_to_a_float32_onnx(tmp_path):
+    config = TrainConfig(latent_dim=LATENT_DIM, generator_filters=(8, 4), discriminator_filters=(4, 8))
+    gan = training.build_gan(TrainConfig(**{**config.__dict__, "mixed_precision": True}))
+    session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
+    digits = np.arange(4, dtype=np.int32)
+    noise = np.random.default_rng(1).standard_normal((4, LATENT_DIM)).astype("float32")
+    images = session.run(["images"], {"digit": digits, "noise": noise})[0]
+    # bfloat16 keeps 8 bits of mantissa: the mixed-precision network is close, not equal.
+    expected = (np.asarray(gan((digits, noise), training=False), np.float32) + 1) / 2
+    assert images.dtype == np.float32
+    np.testing.assert_allclose(images, expected, atol=0.02)

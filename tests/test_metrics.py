@@ -154,7 +154,7 @@ def real_digit_sampler():
             served[digit] += 1
         return np.stack(batch)
 
-    return DigitSampler(generate, latent_dim=1)
+    return DigitSampler(generate, latent_dim=1, image_shape=(28, 28, 1), num_classes=10)
 
 
 def test_real_digits_score_like_real_digits(judge):
@@ -176,6 +176,8 @@ def test_an_untrained_generator_scores_far_from_real(judge):
 def test_evaluate_generator_rejects_bad_arguments_and_outputs(judge):
     with pytest.raises(ValueError, match="Received: per_class=0"):
         report.evaluate_generator(real_digit_sampler(), judge, per_class=0)
-    tanh_range = DigitSampler(lambda digits, noise: np.full((len(digits), 28, 28, 1), -1, np.float32), latent_dim=1)
+    tanh_range = DigitSampler(
+        lambda digits, noise: np.full((len(digits), 28, 28, 1), -1, np.float32), 1, (28, 28, 1), 10
+    )
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         report.evaluate_generator(tanh_range, judge, per_class=1)
