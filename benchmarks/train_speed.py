@@ -13,9 +13,9 @@ A callback times every step; the table gives their median, and apart from it the
 time each `fit` call spends outside its steps. Variants, each against `default`
 (float32, no XLA, `make_dataset` on the 5,000 builtin digits, default networks):
 
-    xla        compile the step with XLA (`jit_compile=True`)
+    xla        compile the step with XLA (`--jit-compile on`)
     synthetic  one fixed in-memory batch repeated (the input pipeline's cost, by difference)
-    bf16       `mixed_precision=True`, which on a CPU means the `mixed_bfloat16` policy (checked)
+    bf16       `--mixed-precision on`, which on a CPU means the `mixed_bfloat16` policy (checked)
     seed       the seed preset's networks and AdaDelta (`TrainConfig.from_preset("seed")`)
 
 FLOPs per step are counted from the layer shapes (conv, transposed conv, dense;
@@ -45,9 +45,9 @@ from cgan_keras.training import build_gan  # noqa: E402
 
 VARIANTS = {
     "default": {},
-    "xla": {"jit_compile": True},
+    "xla": {"jit_compile": "on"},
     "synthetic": {"synthetic": True},
-    "bf16": {"mixed_precision": True},
+    "bf16": {"mixed_precision": "on"},
     "seed": {"preset": "seed"},
 }
 
@@ -135,7 +135,7 @@ def run_variant(name, batch_size, images, labels, args):
     config = TrainConfig.from_preset(overrides.pop("preset", "default"), batch_size=batch_size, **overrides)
     gan = build_gan(config)
     policy = next(layer for layer in gan.generator.layers if isinstance(layer, common.COUNTED_LAYERS)).dtype_policy
-    if config.mixed_precision and policy.name != "mixed_bfloat16":
+    if config.mixed_precision == "on" and policy.name != "mixed_bfloat16":
         raise RuntimeError(f"build_gan chose the {policy.name} policy here, not mixed_bfloat16")
     if synthetic:
         batch = (tf.constant(images[:batch_size]), tf.constant(labels[:batch_size]))

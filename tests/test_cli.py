@@ -58,7 +58,7 @@ def test_train_writes_every_artifact(trained_run):
     assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "history.csv", "logs", "samples",
+        "history.csv", "logs", "samples", "speed.json",
     ]  # fmt: skip
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
