@@ -26,6 +26,7 @@ import tensorflow as tf
 from cgan_keras import data, distribute, evaluation, export, models, speed
 from cgan_keras.callbacks import (
     DivergenceGuard,
+    EpochTensorBoard,
     EvaluationCallback,
     GracefulStop,
     HistoryCSV,
@@ -199,7 +200,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
             SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed, log_dir=out / "logs"),
             *evaluations,  # before HistoryCSV and TensorBoard, which write the scores they add to the logs
             HistoryCSV(out / "history.csv"),
-            keras.callbacks.TensorBoard(out / "logs"),
+            EpochTensorBoard(out / "logs"),
             checkpoint,
             stop,
             *callbacks,
