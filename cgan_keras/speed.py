@@ -26,12 +26,13 @@ import tensorflow as tf
 from cgan_keras import distribute
 from cgan_keras.artifacts import atomic_path
 
-# `auto` times runs of at least this many steps: the timing costs about as much as
-# 100-150 training steps (mostly tracing and XLA compilation), a few percent of a
-# 5,000-step run but most of a short test run.
-MEASURE_MIN_STEPS = 1000
-WARMUP_STEPS = 3  # untimed: the first step traces (and with XLA compiles) the step function
-TIMED_STEPS = 20  # the median of these steps' times is the figure compared
+# `auto` times runs of at least this many steps (the seed preset's 2,400 and the default
+# 5,000 included): the timing costs about as much as 100-200 of the run's steps (two
+# model builds, tracing, XLA compilation, 2 x 12 steps), a few percent of such a run
+# but most of a short test run.
+MEASURE_MIN_STEPS = 2000
+WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
+TIMED_STEPS = 10
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import tensorflow as tf
 from cgan_keras import speed, training
 from cgan_keras.config import TrainConfig
 
-TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), steps=2000, log_every=100)
+TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), steps=5000, log_every=100)
 
 
 def fake_timer(xla_seconds, plain_seconds):
@@ -40,7 +40,7 @@ def test_a_forced_setting_is_obeyed_without_timing(setting, expected):
 def test_auto_does_not_time_a_short_run_and_means_off():
     choice = speed.choose(TrainConfig(**{**TINY.__dict__, "steps": 200}), never_timed)
     assert not choice.jit_compile and choice.xla_seconds is None
-    assert "runs of 1,000 steps or more" in choice.summary()
+    assert f"runs of {speed.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
 
 
 def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
