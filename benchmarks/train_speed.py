@@ -180,7 +180,8 @@ def run_variant(name, batch_size, images, labels, args):
     """
     if name == "train.py":
         return run_train_py(batch_size, images, labels, args)
-    overrides = dict(VARIANTS[name])
+    # Fixed, not `auto`: each variant changes one thing against float32 without XLA.
+    overrides = {"jit_compile": "off", "mixed_precision": "off", **VARIANTS[name]}
     synthetic = overrides.pop("synthetic", False)
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
