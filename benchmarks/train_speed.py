@@ -5,6 +5,7 @@ Examples:
     python benchmarks/train_speed.py                    # every variant at batch 32, 64 and 256 (a few minutes)
     python benchmarks/train_speed.py --quick            # smoke test: batch 64, 2 short repeats
     python benchmarks/train_speed.py --batch-sizes 64 --variants default xla --repeats 7
+    python benchmarks/train_speed.py --batch-sizes 64 --variants default xla train.py --json speed.json
 
 Every variant is built by `cgan_keras.training.build_gan` and timed through the real
 `fit` path: a warm-up `fit` (tracing, XLA compilation, pipeline start-up), then
@@ -13,21 +14,30 @@ A callback times every step; the table gives their median, and apart from it the
 time each `fit` call spends outside its steps. Variants, each against `default`
 (float32, no XLA, `make_dataset` on the 5,000 builtin digits, default networks):
 
-    xla        compile the step with XLA (`jit_compile=True`)
+    xla        compile the step with XLA (`--jit-compile on`)
     synthetic  one fixed in-memory batch repeated (the input pipeline's cost, by difference)
-    bf16       `mixed_precision=True`, which on a CPU means the `mixed_bfloat16` policy (checked)
+    bf16       `--mixed-precision on`, which on a CPU means the `mixed_bfloat16` policy (checked)
     seed       the seed preset's networks and AdaDelta (`TrainConfig.from_preset("seed")`)
+    train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
+               `--mixed-precision auto` choose, timing XLA first), its callbacks, grids and checkpoints
+               every 100 steps, verbose 2; s/step is the mean after the warm-up over `--run-steps`,
+               so the work done every 100 steps counts; stopped after them (no final evaluation)
 
 FLOPs per step are counted from the layer shapes (conv, transposed conv, dense;
 see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
 the same run. Peak memory is the process's `ru_maxrss` after each row, so it only grows.
+`--json PATH` also writes the rows as a JSON list of objects (`variant`, `batch`,
+`s_per_step`, `mfu`, `peak_gflops`, ...; `null` figures for a skipped variant).
 """
 
+import contextlib
+import json
 import math
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,17 +48,20 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from cgan_keras import cli  # noqa: E402
+from cgan_keras import cli, training  # noqa: E402
+from cgan_keras.artifacts import atomic_path  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.data import load_data, make_dataset  # noqa: E402
+from cgan_keras.speed import SpeedChoice  # noqa: E402
 from cgan_keras.training import build_gan  # noqa: E402
 
 VARIANTS = {
     "default": {},
-    "xla": {"jit_compile": True},
+    "xla": {"jit_compile": "on"},
     "synthetic": {"synthetic": True},
-    "bf16": {"mixed_precision": True},
+    "bf16": {"mixed_precision": "on"},
     "seed": {"preset": "seed"},
+    "train.py": {},
 }
 
 
@@ -60,12 +73,14 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, help="steps per timed fit (default: enough for about --seconds)")
     parser.add_argument("--seconds", type=float, default=1.0, help="target length of one timed fit")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps of the untimed first fit")
+    parser.add_argument("--run-steps", type=int, default=300, help="steps timed in the train.py row, after warm-up")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows to PATH as JSON")
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 64, 2 repeats of 3 steps")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch_sizes, args.repeats, args.steps, args.warmup_steps = [64], 2, 3, 2
-    if min(args.batch_sizes + [args.repeats, args.steps or 1, args.warmup_steps]) < 1:
-        parser.error("--batch-sizes, --repeats, --steps and --warmup-steps must be positive integers.")
+        args.batch_sizes, args.repeats, args.steps, args.warmup_steps, args.run_steps = [64], 2, 3, 2, 3
+    if min(args.batch_sizes + [args.repeats, args.steps or 1, args.warmup_steps, args.run_steps]) < 1:
+        parser.error("--batch-sizes, --repeats, --steps, --warmup-steps and --run-steps must be positive integers.")
     return args
 
 
@@ -126,16 +141,54 @@ def time_fit(gan, dataset, args):
     return step_seconds, steps, warmup_seconds, overhead
 
 
+class RunTimer(keras.callbacks.Callback):
+    """Times `training.run`'s steps after `warmup_steps`, epoch ends included, then stops its `fit`."""
+
+    def __init__(self, warmup_steps, timed_steps):
+        super().__init__()
+        self.warmup_steps, self.timed_steps = warmup_steps, timed_steps
+        self.batch_ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends.append(time.perf_counter())
+        if len(self.batch_ends) == self.warmup_steps + self.timed_steps:
+            self.model.stop_training = True
+
+
+def run_train_py(batch_size, images, labels, args):
+    """Times `training.run` with `train.py`'s defaults; returns the same figures as `run_variant`."""
+    keras.backend.clear_session()
+    timer = RunTimer(args.warmup_steps, args.run_steps)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        config = TrainConfig(data="builtin", batch_size=batch_size, out=out)
+        training.prepare_directory(config)
+        gan, _ = training.run(config, images, labels, callbacks=[timer], verbose=2)
+        choice = SpeedChoice.load(Path(out) / "speed.json")
+    ends = timer.batch_ends
+    seconds = (ends[-1] - ends[args.warmup_steps - 1]) / args.run_steps
+    flops = sum(step_flops(gan).values()) * batch_size
+    note = f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"
+    return seconds, f"{args.run_steps} x 1", ends[args.warmup_steps - 1] - started, None, flops, note
+
+
 def run_variant(name, batch_size, images, labels, args):
-    """Builds and times one variant; returns `time_fit`'s results and the FLOPs per step."""
-    overrides = dict(VARIANTS[name])
+    """Builds and times one variant.
+
+    Returns:
+        `(s/step, "steps x fits", warm-up s, fit overhead s or None, FLOPs per step, note)`.
+    """
+    if name == "train.py":
+        return run_train_py(batch_size, images, labels, args)
+    # Fixed, not `auto`: each variant changes one thing against float32 without XLA.
+    overrides = {"jit_compile": "off", "mixed_precision": "off", **VARIANTS[name]}
     synthetic = overrides.pop("synthetic", False)
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     config = TrainConfig.from_preset(overrides.pop("preset", "default"), batch_size=batch_size, **overrides)
     gan = build_gan(config)
     policy = next(layer for layer in gan.generator.layers if isinstance(layer, common.COUNTED_LAYERS)).dtype_policy
-    if config.mixed_precision and policy.name != "mixed_bfloat16":
+    if config.mixed_precision == "on" and policy.name != "mixed_bfloat16":
         raise RuntimeError(f"build_gan chose the {policy.name} policy here, not mixed_bfloat16")
     if synthetic:
         batch = (tf.constant(images[:batch_size]), tf.constant(labels[:batch_size]))
@@ -143,7 +196,8 @@ def run_variant(name, batch_size, images, labels, args):
     else:
         dataset = make_dataset(images, labels, batch_size, seed=config.seed)
     flops = sum(step_flops(gan).values()) * batch_size
-    return (*time_fit(gan, dataset, args), flops)
+    seconds, steps, warmup_seconds, overhead = time_fit(gan, dataset, args)
+    return seconds, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
 
 
 def main(argv=None):
@@ -158,35 +212,51 @@ def main(argv=None):
         print(f"{preset} preset, MFLOP per real digit per step: {listed}; total {sum(parts.values()) / 1e6:.2f}")
     headers = ["batch", "variant", "s/step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
     headers += ["speedup vs default", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
-    rows = []
+    rows, records = [], []
     for batch_size in args.batch_sizes:
         baseline = None
         for name in args.variants:
+            record = {"variant": name, "batch": batch_size, "s_per_step": None, "mfu": None}
+            record["peak_gflops"] = round(peak / 1e9, 1)
+            records.append(record)
             try:
-                seconds, steps, warmup_seconds, overhead, flops = run_variant(name, batch_size, images, labels, args)
+                seconds, steps, warmup_seconds, overhead, flops, note = run_variant(
+                    name, batch_size, images, labels, args
+                )
             except Exception as error:  # a variant that cannot run is reported, not fatal
                 rows.append([str(batch_size), name] + ["-"] * 10 + [f"skipped: {common.one_line(error)}"])
+                record["note"] = f"skipped: {common.one_line(error)}"
                 continue
             baseline = seconds if name == "default" else baseline
             max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            record.update(
+                s_per_step=round(seconds, 5),
+                mfu=round(flops / seconds / peak, 4),
+                gflop_per_step=round(flops / 1e9, 3),
+                warmup_seconds=round(warmup_seconds, 1),
+                note=note,
+            )
             rows.append(
                 [
                     str(batch_size),
                     name,
                     f"{seconds:.4f}",
-                    f"{steps} x {args.repeats}",
+                    steps,
                     f"{batch_size / seconds:.0f}",
                     f"{flops / 1e9:.2f}",
                     f"{flops / seconds / 1e9:.1f}",
                     f"{flops / seconds / peak:.1%}",
                     f"{baseline / seconds:.2f}x" if baseline else "-",
                     f"{warmup_seconds:.1f}",
-                    f"{overhead:.3f}",
+                    "-" if overhead is None else f"{overhead:.3f}",
                     f"{max_rss:.0f}",
-                    "",
+                    note,
                 ]
             )
             print(f"  done: batch {batch_size} {name} {seconds:.4f} s/step", file=sys.stderr, flush=True)
+    if args.json:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(records, indent=2) + "\n")
     print()
     common.print_table(headers, rows)
     print("\ns/step: median over the timed steps of all fits (end of one step to end of the next);")
@@ -194,6 +264,8 @@ def main(argv=None):
         "fit overhead: the rest of a fit call (setup, iterator, callbacks). digits/s: real digits, plus as many fakes."
     )
     print("MFU: model FLOPs/s over the float32 matmul peak, for bf16 too.")
+    print("train.py: mean s/step over --run-steps after the warm-up, epoch-end work included; warm-up s includes")
+    print("the --jit-compile auto timing.")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ CHOICES = {
     "optimizer": ("adam", "adadelta"),
     "strategy": ("default", "mirrored", "multiworker"),
     "loss": ("non_saturating", "hinge"),
+    "jit_compile": ("auto", "on", "off"),
+    "mixed_precision": ("auto", "on", "off"),
 }
 
 
@@ -73,8 +75,12 @@ class TrainConfig:
     log_every: int = _field(100, "steps per row of history.csv and per checkpoint (one Keras epoch); divides steps")
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
-    jit_compile: bool = _field(False, "compile the training step with XLA")
-    mixed_precision: bool = _field(False, "mixed precision: float16 on GPUs, bfloat16 on CPUs (float32 outputs)")
+    jit_compile: str = _field(
+        "auto", "compile the training step with XLA: on, off, or auto (time both, keep the faster)"
+    )
+    mixed_precision: str = _field(
+        "auto", "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs only)"
+    )
     strategy: str = _field("default", "tf.distribute strategy: default, mirrored or multiworker (TF_CONFIG)")
     cpu_replicas: int = _field(1, "logical CPU devices for --strategy mirrored on a machine without GPUs")
     out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
@@ -87,6 +93,10 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
     def __post_init__(self):
+        for name in ("jit_compile", "mixed_precision"):
+            # These were booleans before they had `auto`: old config.json files and callers pass True/False.
+            if isinstance(getattr(self, name), bool):
+                object.__setattr__(self, name, "on" if getattr(self, name) else "off")
         positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "cpu_replicas")
         for name in positive:
             value = getattr(self, name)

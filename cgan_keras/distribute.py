@@ -7,6 +7,8 @@ Example:
 2
 """
 
+from pathlib import Path
+
 import tensorflow as tf
 
 from cgan_keras.config import CHOICES
@@ -49,6 +51,48 @@ def make_strategy(name="default", cpu_replicas=1):
     return tf.distribute.MirroredStrategy(devices)
 
 
-def mixed_precision_policy():
-    """The mixed policy for this machine: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs."""
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+def mixed_precision_policy(setting="on", gpu=None):
+    """The Keras dtype policy that a `--mixed-precision` setting means on this machine.
+
+    `on`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs. `off`: `float32`.
+    `auto`: `mixed_float16` on GPUs, `float32` on CPUs: even on a CPU with
+    native bfloat16 (`native_bfloat16`), `mixed_bfloat16` waits for a measured
+    check of its effect on quality; without native bfloat16 it is several
+    times slower.
+
+    Args:
+        setting: `auto`, `on` or `off`.
+        gpu: whether training runs on GPUs; `None` asks TensorFlow.
+
+    Returns:
+        `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`.
+    """
+    if setting not in CHOICES["mixed_precision"]:
+        raise ValueError(f"`setting` must be one of {CHOICES['mixed_precision']}. Received: setting={setting!r}")
+    if gpu is None:
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    if setting == "off" or (setting == "auto" and not gpu):
+        return "float32"
+    return "mixed_float16" if gpu else "mixed_bfloat16"
+
+
+def native_bfloat16(cpuinfo=None):
+    """Whether the CPU computes in bfloat16 natively: an `avx512_bf16` or `amx_bf16` flag in `/proc/cpuinfo`.
+
+    Without either, TensorFlow emulates bfloat16 matmuls and convolutions, which
+    made `mixed_bfloat16` about 5x slower than float32 on an AVX2 AMD EPYC.
+
+    Args:
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (no file: `False`).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -4,6 +4,7 @@
 tests. Layout of a run directory:
 
     config.json       every hyperparameter (written first)
+    speed.json        XLA or not and the precision policy, with the timings behind them (`speed.py`)
     samples/          step_000001.png, step_000100.png, ...
     history.csv       one row per `log_every` steps (Keras epoch)
     logs/             TensorBoard: the same scalars, and the sample grids as images
@@ -17,15 +18,17 @@ tests. Layout of a run directory:
 """
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, export, models
+from cgan_keras import data, distribute, export, models, speed
 from cgan_keras.callbacks import (
     DivergenceGuard,
+    EpochTensorBoard,
     EvaluationCallback,
     GracefulStop,
     HistoryCSV,
@@ -43,22 +46,24 @@ class RunDirectoryError(ValueError):
     """The output directory cannot be used as asked (exists, or differs on resume)."""
 
 
-def build_gan(config, strategy=None):
+def build_gan(config, strategy=None, jit_compile=None, policy=None):
     """Builds and compiles the `ConditionalGAN` that `config` describes.
 
     Args:
         config: a `TrainConfig`.
         strategy: the `tf.distribute` strategy to build under (its scope
             holds the weights, optimizers and metrics); `None` is the default.
+        jit_compile: compile the step with XLA; `None` follows
+            `config.jit_compile`, where `auto` means off (only `run` times it).
+        policy: the layers' dtype policy; `None` follows `config.mixed_precision`
+            (`distribute.mixed_precision_policy`).
     """
     strategy = strategy or tf.distribute.get_strategy()
     # With several replicas, BatchNorm shares its batch statistics so that N
     # replicas of batch B/N train as one device of batch B would.
     synchronized = strategy.num_replicas_in_sync > 1
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(
-        distribute.mixed_precision_policy() if config.mixed_precision else "float32"
-    )
+    keras.mixed_precision.set_global_policy(policy or distribute.mixed_precision_policy(config.mixed_precision))
     try:
         with strategy.scope():
             if config.preset == "seed":
@@ -93,7 +98,7 @@ def build_gan(config, strategy=None):
                 discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate),
                 label_smoothing=config.label_smoothing,
                 loss=keras.losses.Hinge() if config.loss == "hinge" else None,
-                jit_compile=config.jit_compile,
+                jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
             )
     finally:
         # Only the GAN's layers take the policy; a judge built later stays float32.
@@ -159,6 +164,11 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     signal finishes its step, saves the checkpoint, exports the generator
     trained so far, then raises `Interrupted`.
 
+    First the run settles XLA and the precision policy (`speed.choose`;
+    with `--jit-compile auto` and at least `speed.MEASURE_MIN_STEPS` steps it
+    times both ways on throwaway models) and records them in
+    `config.out/speed.json`; a resumed run reuses that record.
+
     Args:
         config: the run's `TrainConfig`.
         images: float32 `(N, 28, 28, 1)` in [-1, 1].
@@ -181,9 +191,15 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         TrainingDiverged: the loss became NaN or infinite; the last
             checkpoint (from before) is kept and nothing is exported.
     """
-    keras.utils.set_random_seed(config.seed)
     out = Path(config.out)
-    gan = build_gan(config, strategy)
+    # Timed before the seed is set: the throwaway models' draws do not shift the run's.
+    choice = speed.choose(
+        config, functools.partial(_time_step, config, images, labels, strategy), out / "speed.json", resume
+    )
+    if verbose:
+        print(choice.summary())
+    keras.utils.set_random_seed(config.seed)
+    gan = build_gan(config, strategy, jit_compile=choice.jit_compile, policy=choice.policy)
     checkpoint = RunCheckpoint(out / "checkpoint.weights.h5")
     if resume:
         checkpoint.restore(gan)
@@ -198,7 +214,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
             SampleGridCallback(out / "samples", every=config.sample_every, seed=config.seed, log_dir=out / "logs"),
             *evaluations,  # before HistoryCSV and TensorBoard, which write the scores they add to the logs
             HistoryCSV(out / "history.csv"),
-            keras.callbacks.TensorBoard(out / "logs"),
+            EpochTensorBoard(out / "logs"),
             checkpoint,
             stop,
             *callbacks,
@@ -228,6 +244,13 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
                 DigitSampler.from_gan(gan), judge, out / "eval.json", seed=config.seed, data=config.data
             )
     return gan, results
+
+
+def _time_step(config, images, labels, strategy, jit_compile, policy):
+    """Seconds per step of a throwaway model built like the run's, on the run's first batches."""
+    digits = config.batch_size * (speed.WARMUP_STEPS + speed.TIMED_STEPS)
+    dataset = data.make_dataset(images[:digits], labels[:digits], config.batch_size, seed=config.seed)
+    return speed.time_steps(build_gan(config, strategy, jit_compile=jit_compile, policy=policy), dataset)
 
 
 def _epochs_to_run(done, steps, log_every):

@@ -131,3 +131,16 @@ def test_evaluation_callback_logs_judge_scores_at_its_steps(tmp_path, digits):
     assert history.history["fid"][1] > history.history["fid_floor"][1] > 0
     assert 0 <= history.history["recall"][3] <= 1 and history.history["intra_fid"][3] > 0
     assert np.all(np.diff(history.history["train_seconds"]) > 0)
+
+
+def test_epoch_tensorboard_writes_epoch_scalars_and_skips_per_step_summaries(tmp_path, digits, monkeypatch):
+    import tensorflow.summary as summary  # the module keras.callbacks.TensorBoard writes with
+
+    from cgan_keras.callbacks import EpochTensorBoard
+
+    names, scalar = [], summary.scalar
+    monkeypatch.setattr(
+        summary, "scalar", lambda name, *args, **kwargs: names.append(name) or scalar(name, *args, **kwargs)
+    )
+    tiny_gan().fit(*digits, batch_size=16, epochs=2, verbose=0, callbacks=[EpochTensorBoard(tmp_path)])
+    assert "epoch_d_loss" in names and not [name for name in names if name.startswith("batch_")]

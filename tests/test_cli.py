@@ -58,7 +58,7 @@ def test_train_writes_every_artifact(trained_run):
     assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "generator.onnx", "history.csv", "logs", "samples", "serving",
+        "generator.onnx", "history.csv", "logs", "samples", "serving", "speed.json",
     ]  # fmt: skip
     assert (out / "serving" / "cgan" / "1" / "saved_model.pb").is_file()
     assert "label accuracy" in result.stdout and "judge:" in result.stdout

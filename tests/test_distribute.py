@@ -59,3 +59,25 @@ def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
 def test_generate_under_a_mirrored_strategy_returns_one_image_per_digit():
     gan = training.build_gan(TINY, distribute.make_strategy("mirrored", cpu_replicas=2))
     assert DigitSampler.from_gan(gan)(range(9), seed=0).shape == (9, 28, 28, 1)
+
+
+AMD_ZEN3_FLAGS = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+SAPPHIRE_RAPIDS_FLAGS = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags():
+    assert not distribute.native_bfloat16(AMD_ZEN3_FLAGS)
+    assert distribute.native_bfloat16(SAPPHIRE_RAPIDS_FLAGS)
+    assert distribute.native_bfloat16("flags\t: avx2 avx512_bf16\n")
+    assert not distribute.native_bfloat16("model name\t: avx512_bf16 in a name is not a flag\n")
+
+
+def test_mixed_precision_settings_map_to_policies():
+    policy = distribute.mixed_precision_policy
+    assert [policy("auto", gpu=True), policy("on", gpu=True), policy("off", gpu=True)] == [
+        "mixed_float16", "mixed_float16", "float32"
+    ]  # fmt: skip
+    # On CPUs auto stays float32 until mixed_bfloat16's effect on quality is measured.
+    assert [policy("auto", gpu=False), policy("on", gpu=False), policy("off", gpu=False)] == [
+        "float32", "mixed_bfloat16", "float32"
+    ]  # fmt: skip

@@ -1,4 +1,5 @@
 import csv
+import json
 import os
 import signal
 
@@ -6,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from cgan_keras import training
+from cgan_keras import speed, training
 from cgan_keras.callbacks import TrainingDiverged
 from cgan_keras.config import TrainConfig
 
@@ -127,3 +128,22 @@ def test_the_same_seed_trains_bit_identical_generators(tmp_path, digits):
 
     for first, second in zip(train("a"), train("b"), strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def test_timing_xla_first_leaves_the_run_exactly_as_without_timing(tmp_path, digits, monkeypatch):
+    for name, value in (("MEASURE_MIN_STEPS", 1), ("WARMUP_STEPS", 1), ("TIMED_STEPS", 2)):
+        monkeypatch.setattr(speed, name, value)
+    auto = TrainConfig(out=str(tmp_path / "auto"), **TINY)
+    training.prepare_directory(auto)
+    timed, _ = training.run(auto, *digits, verbose=0)
+    choice = json.loads((tmp_path / "auto" / "speed.json").read_text())
+    assert choice["reason"] == "measured" and choice["xla_seconds"] > 0 and choice["plain_seconds"] > 0
+    assert timed.jit_compile is choice["jit_compile"]
+
+    forced = TrainConfig(
+        out=str(tmp_path / "forced"), **{**TINY, "jit_compile": "on" if choice["jit_compile"] else "off"}
+    )
+    training.prepare_directory(forced)
+    untimed, _ = training.run(forced, *digits, verbose=0)
+    for first, second in zip(timed.generator.weights, untimed.generator.weights, strict=True):
+        np.testing.assert_array_equal(first.numpy(), second.numpy())

@@ -1,0 +1,171 @@
+"""How a run trains fastest on the machine at hand: XLA or not (timed), and the mixed-precision policy.
+
+`training.run` calls `choose` before it seeds and builds its model. With
+`--jit-compile auto`, `choose` times a few steps of two throwaway models built
+from the same config, one with XLA and one without, and keeps the faster; the
+run's own weights, noise and batches are the same as if it had not measured.
+The choice goes to `speed.json` in the run directory, and a resumed run reuses
+it rather than deciding again (its checkpoint was trained under that choice).
+
+Example:
+
+>>> choice = choose(config, time_step)  # time_step(jit_compile, policy) -> seconds per step
+>>> print(choice.summary())
+XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32
+"""
+
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from cgan_keras import distribute
+from cgan_keras.artifacts import atomic_path
+
+# `auto` times runs of at least this many steps (the seed preset's 2,400 and the default
+# 5,000 included): the timing costs about as much as 100-200 of the run's steps (two
+# model builds, tracing, XLA compilation, 2 x 12 steps), a few percent of such a run
+# but most of a short test run.
+MEASURE_MIN_STEPS = 2000
+WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
+TIMED_STEPS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedChoice:
+    """The speed settings a run trains with, and the figures behind them.
+
+    Attributes:
+        jit_compile: whether the training step is compiled with XLA.
+        policy: the Keras dtype policy of the GAN's layers: `float32`,
+            `mixed_float16` or `mixed_bfloat16`.
+        xla_seconds: median seconds per step with XLA, when timed (else `None`).
+        plain_seconds: median seconds per step without XLA, when timed.
+        measure_seconds: wall time spent timing, model builds and warm-ups included.
+        reason: why `jit_compile` is what it is: `measured`, the forcing flag,
+            or why `auto` did not measure.
+        native_bfloat16: whether the CPU has bfloat16 instructions
+            (`distribute.native_bfloat16`), which `policy` may one day use.
+        recorded: read back from `speed.json` (a resumed run), not decided now;
+            not saved.
+    """
+
+    jit_compile: bool
+    policy: str
+    xla_seconds: float | None = None
+    plain_seconds: float | None = None
+    measure_seconds: float = 0.0
+    reason: str = "measured"
+    native_bfloat16: bool = False
+    recorded: bool = dataclasses.field(default=False, compare=False)
+
+    def summary(self):
+        """One line for the console, e.g. `XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32`."""
+        verdict = "using XLA" if self.jit_compile else "not using XLA"
+        if self.xla_seconds is not None:
+            xla = f"XLA: {self.xla_seconds:.3f} s/step vs {self.plain_seconds:.3f} s/step without; {verdict}"
+        else:
+            xla = f"XLA: {verdict} ({self.reason})"
+        line = f"{xla}. Precision: {self.policy}"
+        if self.policy == "float32" and self.native_bfloat16:
+            line += " (this CPU has native bfloat16; mixed_bfloat16 awaits a quality check: --mixed-precision on)"
+        return line + (" -- as recorded in speed.json when the run started" if self.recorded else "")
+
+    def save(self, path):
+        """Writes the choice as JSON to `path` (atomically)."""
+        record = dataclasses.asdict(self)
+        del record["recorded"]
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(record, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        """Reads a choice written by `save`; it comes back with `recorded=True`."""
+        return cls(**json.loads(Path(path).read_text()), recorded=True)
+
+
+def choose_jit_compile(setting, time_step, measure=True):
+    """Decides whether to compile with XLA: as forced, or by timing both ways.
+
+    Args:
+        setting: `on`, `off` or `auto`.
+        time_step: `time_step(jit_compile) -> seconds per step`; called (once
+            with `True`, once with `False`) only for `auto` with `measure`.
+        measure: whether `auto` may time; without it, `auto` means off.
+
+    Returns:
+        `(jit_compile, xla_seconds, plain_seconds, reason)`; the seconds are
+        `None` when nothing was timed.
+    """
+    if setting in ("on", "off"):
+        return setting == "on", None, None, f"--jit-compile {setting}"
+    if not measure:
+        return False, None, None, f"--jit-compile auto times runs of {MEASURE_MIN_STEPS:,} steps or more"
+    try:
+        xla_seconds = time_step(True)
+    except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
+        return False, None, None, f"XLA failed here: {type(error).__name__}"
+    plain_seconds = time_step(False)
+    return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"
+
+
+def choose(config, time_step, record=None, resume=False):
+    """The run's `SpeedChoice`: the one in `record` when resuming, else decided now and saved there.
+
+    Args:
+        config: the run's `TrainConfig` (`jit_compile`, `mixed_precision`, `steps`).
+        time_step: `time_step(jit_compile, policy) -> seconds per step` (see `time_steps`).
+        record: the run's `speed.json`, or `None` to keep no record.
+        resume: reuse `record` if it exists.
+    """
+    if resume and record is not None and Path(record).exists():
+        return SpeedChoice.load(record)
+    started = time.perf_counter()
+    policy = distribute.mixed_precision_policy(config.mixed_precision)
+    jit_compile, xla_seconds, plain_seconds, reason = choose_jit_compile(
+        config.jit_compile, lambda jit_compile: time_step(jit_compile, policy), config.steps >= MEASURE_MIN_STEPS
+    )
+    choice = SpeedChoice(
+        jit_compile,
+        policy,
+        xla_seconds,
+        plain_seconds,
+        round(time.perf_counter() - started, 1),
+        reason,
+        distribute.native_bfloat16(),
+    )
+    if record is not None:
+        choice.save(record)
+    return choice
+
+
+def time_steps(gan, dataset, warmup_steps=None, timed_steps=None):
+    """Trains `gan` for a few steps of `dataset`; returns the median seconds of the steps after the warm-up.
+
+    Args:
+        gan: a compiled `ConditionalGAN`, used up (it trains).
+        dataset: batches `(images, labels)`, at least `warmup_steps + timed_steps` of them.
+        warmup_steps: untimed first steps; `None` is `WARMUP_STEPS`.
+        timed_steps: steps timed; `None` is `TIMED_STEPS`.
+    """
+    warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
+    timed_steps = TIMED_STEPS if timed_steps is None else timed_steps
+    timer = _StepTimer()
+    gan.fit(dataset, steps_per_epoch=warmup_steps + timed_steps, epochs=1, verbose=0, callbacks=[timer])
+    return statistics.median(timer.step_seconds[warmup_steps:])
+
+
+class _StepTimer(keras.callbacks.Callback):
+    # Batch ends are step boundaries: the TensorFlow trainer turns each step's logs into floats before them.
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step_seconds = []
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last)
+        self._last = now

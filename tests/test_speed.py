@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import tensorflow as tf
+
+from cgan_keras import speed, training
+from cgan_keras.config import TrainConfig
+
+TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), steps=5000, log_every=100)
+
+
+def fake_timer(xla_seconds, plain_seconds):
+    calls = []
+
+    def time_step(jit_compile, policy="float32"):
+        calls.append(jit_compile)
+        return xla_seconds if jit_compile else plain_seconds
+
+    return time_step, calls
+
+
+def never_timed(jit_compile, policy="float32"):
+    raise AssertionError("timed a setting that was forced or reused")
+
+
+@pytest.mark.parametrize("xla_seconds, plain_seconds, expected", [(0.154, 0.196, True), (0.094, 0.070, False)])
+def test_auto_keeps_the_faster_step(xla_seconds, plain_seconds, expected):
+    time_step, calls = fake_timer(xla_seconds, plain_seconds)
+    assert speed.choose_jit_compile("auto", time_step) == (expected, xla_seconds, plain_seconds, "measured")
+    assert sorted(calls) == [False, True]
+
+
+@pytest.mark.parametrize("setting, expected", [("on", True), ("off", False)])
+def test_a_forced_setting_is_obeyed_without_timing(setting, expected):
+    assert speed.choose_jit_compile(setting, never_timed)[0] is expected
+    gan = training.build_gan(TrainConfig(**{**TINY.__dict__, "jit_compile": setting}))
+    assert gan.jit_compile is expected
+
+
+def test_auto_does_not_time_a_short_run_and_means_off():
+    choice = speed.choose(TrainConfig(**{**TINY.__dict__, "steps": 200}), never_timed)
+    assert not choice.jit_compile and choice.xla_seconds is None
+    assert f"runs of {speed.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
+
+
+def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
+    def time_step(jit_compile):
+        if jit_compile:
+            raise tf.errors.UnimplementedError(None, None, "no XLA kernel")
+        return 0.1
+
+    assert speed.choose_jit_compile("auto", time_step) == (False, None, None, "XLA failed here: UnimplementedError")
+
+
+def test_the_choice_and_its_figures_are_recorded_and_reused_on_resume(tmp_path):
+    record = tmp_path / "speed.json"
+    time_step, _ = fake_timer(0.154, 0.196)
+    choice = speed.choose(TINY, time_step, record)
+    assert choice.summary().startswith("XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32")
+    saved = json.loads(record.read_text())
+    assert saved["jit_compile"] is True and saved["xla_seconds"] == 0.154 and saved["policy"] == "float32"
+
+    resumed = speed.choose(TINY, never_timed, record, resume=True)
+    assert resumed == choice and resumed.recorded
+    assert resumed.summary().endswith("as recorded in speed.json when the run started")
+
+
+def test_a_config_from_before_auto_reads_its_booleans_as_on_and_off():
+    config = TrainConfig(jit_compile=True, mixed_precision=False)
+    assert (config.jit_compile, config.mixed_precision) == ("on", "off")
+    with pytest.raises(ValueError, match="`jit_compile` must be one of .* Received: jit_compile='fast'"):
+        TrainConfig(jit_compile="fast")
