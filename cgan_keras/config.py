@@ -65,6 +65,7 @@ class TrainConfig:
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
     generator_learning_rate: float = _field(2e-4, "learning rate of the generator's optimizer")
     discriminator_learning_rate: float = _field(2e-4, "learning rate of the discriminator's optimizer")
+    cosine_decay: bool = _field(False, "decay both learning rates to 0 along a cosine over the run's steps")
     beta_1: float = _field(0.5, "Adam's first-moment decay")
     loss: str = _field("non_saturating", "loss of both networks: non_saturating (binary cross-entropy) or hinge")
     label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")

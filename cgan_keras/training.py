@@ -94,8 +94,9 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                 seed=config.seed,
             )
             gan.compile(
-                generator_optimizer=_optimizer(config, config.generator_learning_rate),
-                discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate),
+                generator_optimizer=_optimizer(config, config.generator_learning_rate, updates_per_step=1),
+                # The discriminator's optimizer steps twice per training step (fake batch, real batch).
+                discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
                 label_smoothing=config.label_smoothing,
                 loss=keras.losses.Hinge() if config.loss == "hinge" else None,
                 jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
@@ -106,7 +107,9 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
     return gan
 
 
-def _optimizer(config, learning_rate):
+def _optimizer(config, learning_rate, updates_per_step):
+    if config.cosine_decay:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.steps * updates_per_step)
     if config.optimizer == "adadelta":
         # The seed's AdaDelta: rho 0.92, epsilon 1e-6, each gradient element clipped to [-1, 1].
         return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0)
