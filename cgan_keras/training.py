@@ -218,11 +218,17 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
 def _epochs_to_run(done, steps, log_every):
     """Splits the steps left into `fit` calls: `(initial_epoch, epochs, steps_per_epoch)`.
 
-    Epoch `e` covers steps `(e * log_every, (e + 1) * log_every]`. A run
-    resumed mid-epoch first finishes that epoch with a shorter `fit`.
+    Epoch `e` covers steps `(e * log_every, min((e + 1) * log_every, steps)]`,
+    so when `log_every` does not divide `steps` the last epoch is shorter. A
+    run resumed mid-epoch first finishes that epoch with a shorter `fit`.
     """
     if done % log_every and done < steps:
-        yield done // log_every, done // log_every + 1, log_every - done % log_every
-    first_full_epoch = -(-done // log_every)
-    if first_full_epoch < steps // log_every:
-        yield first_full_epoch, steps // log_every, log_every
+        epoch = done // log_every
+        yield epoch, epoch + 1, min(log_every - done % log_every, steps - done)
+        done = min((epoch + 1) * log_every, steps)
+    full_epochs = steps // log_every
+    if done // log_every < full_epochs:
+        yield done // log_every, full_epochs, log_every
+        done = full_epochs * log_every
+    if done < steps:
+        yield full_epochs, full_epochs + 1, steps - done
