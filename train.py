@@ -71,6 +71,7 @@ def main(argv=None):
     from cgan_keras import data, distribute, evaluation, training
     from cgan_keras import judge as judges
     from cgan_keras.callbacks import TrainingDiverged
+    from cgan_keras.progress import RunProgress
 
     # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
@@ -86,13 +87,12 @@ def main(argv=None):
     except OSError as error:  # only --out is written here, so an OSError is about it
         fail(f"cannot write --out {config.out}: {error.strerror}")
     print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
-    # A live progress bar on a terminal; one line per epoch in a log file.
-    verbose = 1 if sys.stdout.isatty() else 2
-    judge = judges.load_or_train_judge(images, labels, source, verbose=verbose)
+    judge = judges.load_or_train_judge(images, labels, source, verbose=True)
     print(f"judge: {judge.path} ({judge.accuracy:.2%} on {len(judge.held_out_labels):,} held-out digits)")
+    progress = RunProgress(config.steps)  # one bar for the whole run, instead of Keras' lines per epoch
     try:
         _, results = training.run(
-            config, images, labels, judge=judge, strategy=strategy, resume=resume, verbose=verbose
+            config, images, labels, judge=judge, strategy=strategy, resume=resume, callbacks=[progress], verbose=0
         )
     except training.Interrupted as interruption:
         print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")

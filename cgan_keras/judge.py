@@ -21,6 +21,7 @@ from keras import layers
 
 from cgan_keras.artifacts import atomic_path
 from cgan_keras.data import NUM_CLASSES, check_digits
+from cgan_keras.progress import RunProgress
 
 HELD_OUT_FRACTION = 0.1
 BATCH_SIZE = 1000
@@ -87,7 +88,8 @@ def load_or_train_judge(images, labels, source, directory="saved_models/judge", 
         seed: seed of the held-out split and of training.
         epochs: training epochs. `None` means enough to see ~45,000 digits
             (10 on the builtin set) and at least 5.
-        verbose: Keras `fit` verbosity (0 silent, 2 one line per epoch).
+        verbose: when training, print one line saying so, then its progress
+            (`progress.RunProgress`: a bar on a terminal, else a line per epoch).
 
     Returns:
         A `Judge`.
@@ -117,7 +119,11 @@ def load_or_train_judge(images, labels, source, directory="saved_models/judge", 
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps))
     classifier.compile(optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
-    classifier.fit(images[train], labels[train], batch_size=64, epochs=epochs, verbose=verbose)
+    progress = []
+    if verbose:
+        print(f"training the judge on {len(train):,} digits, once; cached in {model_path}")
+        progress = [RunProgress(steps, keys=("loss", "accuracy"))]
+    classifier.fit(images[train], labels[train], batch_size=64, epochs=epochs, verbose=0, callbacks=progress)
     train_seconds = round(time.perf_counter() - start, 1)
     _, accuracy = classifier.evaluate(images[held_out], labels[held_out], batch_size=BATCH_SIZE, verbose=0)
     with atomic_path(model_path) as temporary:

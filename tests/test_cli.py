@@ -61,6 +61,8 @@ def test_train_writes_every_artifact(trained_run):
         "history.csv", "logs", "samples",
     ]  # fmt: skip
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
+    progress = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert progress[-2:] == ["step 2/4", "step 4/4"] and "Epoch" not in result.stdout  # one line per --log-every
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
                                                                    "step_000004.png"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
