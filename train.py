@@ -19,7 +19,6 @@ the run with exit code 1, keeping the last good checkpoint.
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 import time
 
@@ -67,7 +66,7 @@ def main(argv=None):
     config, resume, overwrite = parse_args(argv)
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()
     from cgan_keras import data, distribute, evaluation, training
     from cgan_keras import judge as judges
     from cgan_keras.callbacks import TrainingDiverged

@@ -103,7 +103,7 @@ class RunProgress(keras.callbacks.Callback):
                 self._values[key] = float(value)
         text = self.line(now)
         if self.interactive:
-            done = round(20 * self._step / self.total_steps)
+            done = 20 * self._step // self.total_steps
             bar = "=" * done + (">" if done < 20 else "") + "." * (19 - done)
             head, _, tail = text.partition("  ")
             # Carriage return, then clear to the end of the line: a shorter line leaves no debris.
