@@ -4,8 +4,9 @@
 tests. Layout of a run directory:
 
     config.json       every hyperparameter (written first)
-    samples/          step_000001.png, step_000100.png, ...
+    samples/          step_000001.png, step_000100.png, ..., and progress.png (a few of them side by side)
     history.csv       one row per `log_every` steps (Keras epoch)
+    history.png       history.csv's losses and evaluations against the step
     logs/             TensorBoard: the same scalars, and the sample grids as images
     checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images)
@@ -21,7 +22,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, evaluation, export, models
+from cgan_keras import data, distribute, evaluation, export, models, plot
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EvaluationCallback,
@@ -204,6 +205,8 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         export.export_generator(gan, out / "generator")
         export.save_model(gan.generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
+        if (out / "history.csv").exists():  # not before the first --log-every steps
+            plot.save_run_pictures(out)
         if stop.received:
             raise Interrupted(stop.received)
         results = None

@@ -62,13 +62,13 @@ def test_train_writes_every_artifact(trained_run):
         assert noise not in result.stderr  # printed by TensorFlow on a machine without a GPU
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "history.csv", "logs", "samples",
+        "history.csv", "history.png", "logs", "samples",
     ]  # fmt: skip
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     progress = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("step ")]
     assert progress[-2:] == ["step 2/4", "step 4/4"] and "Epoch" not in result.stdout  # one line per --log-every
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
-                                                                   "step_000004.png"]  # fmt: skip
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["progress.png", "step_000001.png",
+                                                                   "step_000002.png", "step_000004.png"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 4 and config["data"] == "builtin" and config["generator_filters"] == [8, 4]
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + one row per 2 steps

@@ -47,10 +47,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
     assert int(gan.discriminator_optimizer.iterations) == 16
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "progress.png",
         "step_000001.png",
         "step_000003.png",
         "step_000006.png",
     ]
+    assert (run / "history.png").exists()
     with open(run / "history.csv") as rows:
         assert [(row["epoch"], row["step"]) for row in csv.DictReader(rows)] == [("0", "4"), ("1", "8")]
     assert (run / "generator" / "saved_model.pb").exists()
