@@ -19,7 +19,6 @@ the run with exit code 1, keeping the last good checkpoint.
 import argparse
 import dataclasses
 import functools
-import os
 import sys
 import time
 
@@ -67,11 +66,12 @@ def main(argv=None):
     config, resume, overwrite = parse_args(argv)
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()
     from cgan_keras import data, distribute, training
     from cgan_keras.callbacks import TrainingDiverged
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
+    from cgan_keras.progress import RunProgress
 
     # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
@@ -87,13 +87,12 @@ def main(argv=None):
     except OSError as error:  # only --out is written here, so an OSError is about it
         fail(f"cannot write --out {config.out}: {error.strerror}")
     print(f"data: {source} ({len(images):,} digits); {strategy.num_replicas_in_sync} replica(s)")
-    # A live progress bar on a terminal; one line per epoch in a log file.
-    verbose = 1 if sys.stdout.isatty() else 2
     judge = judges.load_judge()
     print(f"judge: the fixed MNIST judge ({judge.accuracy:.2%} on {judge.info['held_out']:,} held-out digits)")
+    progress = RunProgress(config.steps)  # one bar for the whole run, instead of Keras' lines per epoch
     try:
         _, results = training.run(
-            config, images, labels, judge=judge, strategy=strategy, resume=resume, verbose=verbose
+            config, images, labels, judge=judge, strategy=strategy, resume=resume, callbacks=[progress], verbose=0
         )
     except training.Interrupted as interruption:
         print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")

@@ -1,10 +1,21 @@
-"""What the command-line tools share: a parser built from their docstring, and one-line user errors.
+"""What the command-line tools share: a parser built from their docstring, one-line user errors, a quiet start.
 
 Importing this is cheap (no TensorFlow), so a CLI can check its arguments first.
 """
 
 import argparse
+import os
+import re
 import sys
+import tempfile
+
+# TensorFlow 2.21's start-up lines that report nothing wrong: absl's banner, INFO lines (oneDNN is on, no CUDA
+# driver found), and the ERROR line of cuInit failing where there is no GPU driver.
+_STARTUP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
+    r"|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit"
+)
 
 
 def make_parser(doc, **kwargs):
@@ -22,3 +33,39 @@ def fail(prog, message):
     """Reports a user mistake in one line on stderr and exits with code 2 (argparse's convention)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def import_tensorflow():
+    """Imports TensorFlow and finds its devices without its start-up noise on stderr; returns the module.
+
+    Some of TensorFlow's start-up lines come from C++ before any setting
+    applies (`TF_CPP_MIN_LOG_LEVEL` does not reach them), so the import and
+    the device discovery run with file descriptor 2 sent to a temporary file.
+    Then the lines that `_STARTUP_NOISE` matches are dropped and all others
+    (a real error, a Python warning) are written to stderr, also when the
+    import fails. Later C++ logs are off too (`TF_CPP_MIN_LOG_LEVEL=3`): at
+    level 2 grappler prints a harmless `remapper failed` ERROR line into the
+    first step on CPUs. Errors that stop a run still raise in Python. A user
+    who sets the level to 0 or 1 asked for TensorFlow's logs and gets them all.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
+        import tensorflow as tf
+
+        return tf
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # where cuInit runs, and fails without a GPU driver
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _STARTUP_NOISE.match(line)))
+    return tf

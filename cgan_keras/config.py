@@ -73,7 +73,7 @@ class TrainConfig:
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
-    log_every: int = _field(100, "steps per row of history.csv and per checkpoint (one Keras epoch); divides steps")
+    log_every: int = _field(100, "steps per history.csv row and checkpoint (one Keras epoch; the last may be shorter)")
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: str = _field(
@@ -106,11 +106,6 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
-        if self.steps % self.log_every:
-            raise ValueError(
-                "`steps` must be a multiple of `log_every` (one logged row per "
-                f"{self.log_every} steps). Received: steps={self.steps}"
-            )
         if self.eval_every < 0 or self.eval_every % self.log_every:
             raise ValueError(
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "

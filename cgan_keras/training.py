@@ -5,8 +5,9 @@ tests. Layout of a run directory:
 
     config.json       every hyperparameter (written first)
     speed.json        XLA or not and the precision policy, with the timings behind them (`speed.py`)
-    samples/          step_000001.png, step_000100.png, ...
+    samples/          step_000001.png, step_000100.png, ..., and progress.png (a few of them side by side)
     history.csv       one row per `log_every` steps (Keras epoch)
+    history.png       history.csv's losses and evaluations against the step
     logs/             TensorBoard: the same scalars, and the sample grids as images
     checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images; generate: digit, seed -> images)
@@ -25,7 +26,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, export, models, speed
+from cgan_keras import data, distribute, export, models, plot, speed
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EpochTensorBoard,
@@ -239,6 +240,8 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         export.export_onnx(gan, out / "generator.onnx")
         export.save_model(gan.inference_generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
+        if (out / "history.csv").exists():  # not before the first --log-every steps
+            plot.save_run_pictures(out)
         if stop.received:
             raise Interrupted(stop.received)
         results = None
@@ -259,11 +262,17 @@ def _time_step(config, images, labels, strategy, jit_compile, policy):
 def _epochs_to_run(done, steps, log_every):
     """Splits the steps left into `fit` calls: `(initial_epoch, epochs, steps_per_epoch)`.
 
-    Epoch `e` covers steps `(e * log_every, (e + 1) * log_every]`. A run
-    resumed mid-epoch first finishes that epoch with a shorter `fit`.
+    Epoch `e` covers steps `(e * log_every, min((e + 1) * log_every, steps)]`,
+    so when `log_every` does not divide `steps` the last epoch is shorter. A
+    run resumed mid-epoch first finishes that epoch with a shorter `fit`.
     """
     if done % log_every and done < steps:
-        yield done // log_every, done // log_every + 1, log_every - done % log_every
-    first_full_epoch = -(-done // log_every)
-    if first_full_epoch < steps // log_every:
-        yield first_full_epoch, steps // log_every, log_every
+        epoch = done // log_every
+        yield epoch, epoch + 1, min(log_every - done % log_every, steps - done)
+        done = min((epoch + 1) * log_every, steps)
+    full_epochs = steps // log_every
+    if done // log_every < full_epochs:
+        yield done // log_every, full_epochs, log_every
+        done = full_epochs * log_every
+    if done < steps:
+        yield full_epochs, full_epochs + 1, steps - done

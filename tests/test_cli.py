@@ -20,8 +20,8 @@ TINY_TRAIN = [
 ]  # fmt: skip
 
 
-def run(script, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd)
+def run(script, *args, cwd, env=None):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def start(script, *args, cwd):
@@ -47,7 +47,9 @@ def wait_for(path, process, timeout=120):
 def trained_run(tmp_path_factory):
     """One tiny real training run on the builtin digits, shared by the infer tests."""
     work = tmp_path_factory.mktemp("cli")
-    result = run("train.py", *TINY_TRAIN, "--out", "run", cwd=work)
+    # TensorFlow's log level as a user has it: not set.
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+    result = run("train.py", *TINY_TRAIN, "--out", "run", cwd=work, env=env)
     assert result.returncode == 0, result.stderr
     return work, result
 
@@ -55,15 +57,19 @@ def trained_run(tmp_path_factory):
 def test_train_writes_every_artifact(trained_run):
     work, result = trained_run
     out = work / "run"
-    assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
+    assert result.stdout.startswith("data: builtin (5,000 digits); 1 replica(s)\n")
+    for noise in ("absl::InitializeLog", "cudart_stub", "cuInit", "oneDNN", "remapper failed"):
+        assert noise not in result.stderr  # printed by TensorFlow on a machine without a GPU
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
-        "generator.onnx", "history.csv", "logs", "samples", "serving", "speed.json",
+        "generator.onnx", "history.csv", "history.png", "logs", "samples", "serving", "speed.json",
     ]  # fmt: skip
     assert (out / "serving" / "cgan" / "1" / "saved_model.pb").is_file()
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
-    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
-                                                                   "step_000004.png"]  # fmt: skip
+    progress = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert progress[-2:] == ["step 2/4", "step 4/4"] and "Epoch" not in result.stdout  # one line per --log-every
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["progress.png", "step_000001.png",
+                                                                   "step_000002.png", "step_000004.png"]  # fmt: skip
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 4 and config["data"] == "builtin" and config["generator_filters"] == [8, 4]
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + one row per 2 steps
@@ -141,7 +147,6 @@ def test_infer_rejects_a_bad_onnx_file(trained_run, damage):
         ("infer.py", ["--digit", "3", "--model", "missing"], "--model missing is not a directory"),
         ("train.py", ["--steps", "0"], "`steps` must be a positive integer. Received: steps=0"),
         ("train.py", ["--batch-size", "0"], "`batch_size` must be a positive integer"),
-        ("train.py", ["--steps", "150"], "`steps` must be a multiple of `log_every`"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, script, args, message):
@@ -268,3 +273,34 @@ def test_an_out_path_that_cannot_be_written_exits_2(trained_run, script):
     result = run(script, *args, cwd=work)
     assert result.returncode == 2, result.stderr
     assert "cannot write" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
+
+
+def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(tmp_path):
+    """A stand-in `tensorflow` package writes TensorFlow 2.21's start-up lines, and one real error, to fd 2."""
+    package = tmp_path / "tensorflow"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import os, types\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1796116443.894239    4910 cudart_stub.cc:31] Could not find cuda drivers\\n')\n"
+        "os.write(2, b'E0000 00:00:1796116448.043389    4910 cuda_platform.cc:52] failed call to cuInit: UNKNOWN\\n')\n"
+        "os.write(2, b'E0000 00:00:1796116448.043389    4910 other.cc:7] a real problem\\n')\n"
+        "config = types.SimpleNamespace(list_physical_devices=lambda: [])\n"
+        "if os.environ.get('FAIL'):\n"
+        "    raise ImportError('broken install')\n"
+    )
+    command = [sys.executable, "-c", "from cgan_keras import cli; cli.import_tensorflow(); print('ours')"]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ours\n"
+    assert result.stderr == "E0000 00:00:1796116448.043389    4910 other.cc:7] a real problem\n"
+
+    failed = subprocess.run(command, capture_output=True, text=True, env={**env, "FAIL": "1"})
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("E0000 00:00:1796116448.043389    4910 other.cc:7] a real problem\n")
+    assert "ImportError: broken install" in failed.stderr and "cuInit" not in failed.stderr
+
+    verbose = subprocess.run(command, capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert len(verbose.stderr.splitlines()) == 4  # the user asked for TensorFlow's logs

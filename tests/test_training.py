@@ -48,10 +48,12 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
     assert int(gan.discriminator_optimizer.iterations) == 16
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "progress.png",
         "step_000001.png",
         "step_000003.png",
         "step_000006.png",
     ]
+    assert (run / "history.png").exists()
     with open(run / "history.csv") as rows:
         assert [(row["epoch"], row["step"]) for row in csv.DictReader(rows)] == [("0", "4"), ("1", "8")]
     assert (run / "generator" / "saved_model.pb").exists()
@@ -109,6 +111,37 @@ def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly
     assert int(gan.optimizer.iterations) == 8  # 5 done, then the 3 left: 6, 7, 8
     with open(tmp_path / "history.csv") as rows:
         assert [row["step"] for row in csv.DictReader(rows)] == ["4", "5", "8"]
+
+
+def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(tmp_path, digits):
+    config = TrainConfig(out=str(tmp_path), **{**TINY, "steps": 10})  # rows at 4, 8, then 10
+    training.prepare_directory(config)
+    with pytest.raises(training.Interrupted):
+        training.run(config, *digits, callbacks=[SignalAtStep(9, signal.SIGINT)], verbose=0)
+    gan, _ = training.run(config, *digits, resume=True, verbose=0)
+    assert int(gan.optimizer.iterations) == 10
+    with open(tmp_path / "history.csv") as rows:
+        assert [(row["epoch"], row["step"]) for row in csv.DictReader(rows)] == [
+            ("0", "4"), ("1", "8"), ("2", "9"), ("2", "10")
+        ]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "samples").glob("step_*.png")) == [
+        "step_000001.png", "step_000003.png", "step_000006.png", "step_000009.png"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "done, steps, expected",
+    [
+        (0, 150, [(0, 1, 100), (1, 2, 50)]),
+        (120, 150, [(1, 2, 30)]),
+        (50, 250, [(0, 1, 50), (1, 2, 100), (2, 3, 50)]),
+        (0, 101, [(0, 1, 100), (1, 2, 1)]),
+        (0, 30, [(0, 1, 30)]),
+        (150, 150, []),
+    ],
+)
+def test_epochs_to_run_covers_exactly_the_steps_left(done, steps, expected):
+    assert list(training._epochs_to_run(done, steps, 100)) == expected
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):

@@ -1,0 +1,46 @@
+import io
+
+import keras
+from conftest import tiny_gan
+
+from cgan_keras.progress import RunProgress
+
+
+class LogAccuracyOnce(keras.callbacks.Callback):
+    """Adds `label_accuracy` to the epoch logs as an evaluation would: a figure at epoch 0, NaN after."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["label_accuracy"] = 0.5 if epoch == 0 else float("nan")
+
+
+def test_a_log_file_gets_one_line_per_epoch_with_the_run_s_step_and_figures(digits):
+    stream = io.StringIO()
+    progress = RunProgress(6, interactive=False, stream=stream)
+    tiny_gan().fit(*digits, batch_size=16, steps_per_epoch=3, epochs=2, verbose=0,
+                   callbacks=[LogAccuracyOnce(), progress])  # fmt: skip
+    lines = stream.getvalue().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["step 3/6", "step 6/6"]
+    assert all(" steps/s" in line and "d_loss " in line and "g_loss " in line for line in lines)
+    assert "ETA 0:00" in lines[1]
+    assert lines[0].endswith("label_accuracy 0.5") and lines[1].endswith("label_accuracy 0.5")  # NaN keeps the last
+
+
+def test_a_resumed_run_continues_from_its_step_across_fit_calls(digits):
+    gan = tiny_gan(steps_per_execution=2)
+    gan.fit(*digits, batch_size=16, steps_per_epoch=2, epochs=2, verbose=0)  # steps 1..4, before the resume
+    stream = io.StringIO()
+    progress = RunProgress(10, interactive=False, stream=stream)
+    gan.fit(*digits, batch_size=16, steps_per_epoch=2, epochs=3, initial_epoch=2, verbose=0, callbacks=[progress])
+    gan.fit(*digits, batch_size=16, steps_per_epoch=4, epochs=4, initial_epoch=3, verbose=0, callbacks=[progress])
+    assert [line.split("  ")[0] for line in stream.getvalue().splitlines()] == ["step 6/10", "step 10/10"]
+
+
+def test_a_terminal_gets_one_line_redrawn_in_place_and_ended_at_the_last_step(digits):
+    stream = io.StringIO()
+    progress = RunProgress(4, interactive=True, interval=0, stream=stream)
+    tiny_gan().fit(*digits, batch_size=16, steps_per_epoch=4, epochs=1, verbose=0, callbacks=[progress])
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\x1b[K\n")
+    frames = text.rstrip("\n").split("\r")[1:]
+    assert [frame.split(" [")[0] for frame in frames] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4", "step 4/4"]
+    assert "[====================] 100%" in frames[-1] and "[=====>..............] 25%" in frames[0]
