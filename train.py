@@ -10,10 +10,12 @@ Examples:
 
 Every flag is a `TrainConfig` field; `--preset` picks the defaults the other
 flags override. Artifacts go to `--out` (see `cgan_keras/training.py`).
-User mistakes exit with code 2 and one line on stderr. Ctrl-C (SIGINT) or
-SIGTERM stops after the current step, saves a checkpoint and the generator so
-far, and exits 130 or 143; `--resume` continues. A loss that becomes NaN stops
-the run with exit code 1, keeping the last good checkpoint.
+User mistakes exit with code 2 and one line on stderr, and so does a second
+train.py on an `--out` in use. Ctrl-C (SIGINT) or SIGTERM stops after the
+current step, saves a checkpoint and the generator so far, and exits 130 or
+143; `--resume` continues. A loss that becomes NaN, or an artifact that cannot
+be written (a full disk), stops the run with exit code 1 and one line, keeping
+the last good checkpoint.
 """
 
 import argparse
@@ -23,7 +25,7 @@ import os
 import sys
 import time
 
-from cgan_keras import cli
+from cgan_keras import cli, run_lock
 from cgan_keras import config as config_module
 
 fail = functools.partial(cli.fail, "train.py")
@@ -66,11 +68,20 @@ def _show(value):
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
     started = time.perf_counter()
+    # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
+    lock = run_lock.RunLock(config.out)
+    try:
+        lock.acquire()
+    except run_lock.RunDirectoryBusy as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot write --out {config.out}: {error.strerror}")
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from cgan_keras import data, distribute, evaluation, training
     from cgan_keras import judge as judges
-    from cgan_keras.callbacks import TrainingDiverged
+    from cgan_keras.artifacts import ArtifactWriteError
+    from cgan_keras.callbacks import CheckpointError, TrainingDiverged
 
     # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
@@ -100,6 +111,11 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)
         sys.exit(1)
+    except ArtifactWriteError as error:
+        print(f"train.py: error: {error}; the complete artifacts from before are kept", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointError as error:
+        fail(f"--resume: {error}")
     print(evaluation.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 

@@ -1,5 +1,6 @@
 """Writing trained models: the generator as a SavedModel, any model as a `.keras` file."""
 
+import re
 from pathlib import Path
 
 import keras
@@ -49,7 +50,11 @@ def export_generator(gan, path):
         ],
     )
     with atomic_path(path, directory=True) as temporary:
-        archive.write_out(str(temporary), verbose=False)
+        try:
+            archive.write_out(str(temporary), verbose=False)
+        except tf.errors.OpError as error:
+            # TensorFlow's file errors are no OSErrors; its message ends with the system's reason.
+            raise OSError(re.sub(r"\s*\[Op:\w+\]$", "", error.message).rsplit("; ", 1)[-1]) from error
     return Path(path)
 
 

@@ -7,11 +7,13 @@ tests. Layout of a run directory:
     samples/          step_000001.png, step_000100.png, ...
     history.csv       one row per `log_every` steps (Keras epoch)
     logs/             TensorBoard: the same scalars, and the sample grids as images
-    checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
+    checkpoints/      step_000400.keras, ...: the last two resumable states, saved every
+                      `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images)
     generator.keras   the generator as a Keras file
     gan.keras         the whole ConditionalGAN, optimizers included
     eval.json         the judge's scores of the final generator (with a judge)
+    .lock             `run_lock.RunLock`'s file: one run at a time in the directory
 """
 
 import dataclasses
@@ -21,7 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, evaluation, export, models
+from cgan_keras import artifacts, data, distribute, evaluation, export, models, run_lock
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EvaluationCallback,
@@ -98,7 +100,9 @@ def prepare_directory(config, resume=False, overwrite=False):
     """Makes `config.out` ready for the run, refusing to lose earlier work.
 
     An existing non-empty directory is an error unless `resume` (the saved
-    `config.json` must then match `config`) or `overwrite` (it is deleted).
+    `config.json` must then match `config`; what killed writes left behind is
+    removed) or `overwrite` (its contents are deleted, except the lock file of
+    a `run_lock.RunLock`, which must stay the file its holder locked).
 
     Raises:
         RunDirectoryError: with a message that says which flag to use.
@@ -116,13 +120,19 @@ def prepare_directory(config, resume=False, overwrite=False):
         ]
         if differing:
             raise RunDirectoryError(f"--resume needs the same settings as the run in {out}; " + "; ".join(differing))
+        artifacts.remove_partial(out)
         return
-    if out.is_dir() and any(out.iterdir()):
+    entries = [entry for entry in out.iterdir() if entry.name != run_lock.LOCK_NAME] if out.is_dir() else []
+    if entries:
         if not overwrite:
             raise RunDirectoryError(
                 f"--out {out} is not empty; pass --resume to continue that run or --overwrite to replace it."
             )
-        shutil.rmtree(out)
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
 
@@ -139,9 +149,9 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
     Call `prepare_directory` first. With `resume`, training continues from
-    `config.out/checkpoint.weights.h5` (both networks, both optimizers, the
-    step counter and the noise generator's state), saved every
-    `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
+    the newest readable checkpoint in `config.out/checkpoints/` (both
+    networks, both optimizers, the step counter and the noise generator's
+    state), saved every `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
     signal finishes its step, saves the checkpoint, exports the generator
     trained so far, then raises `Interrupted`.
 
@@ -166,14 +176,19 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         Interrupted: SIGINT or SIGTERM arrived.
         TrainingDiverged: the loss became NaN or infinite; the last
             checkpoint (from before) is kept and nothing is exported.
+        CheckpointError: `resume`, and no checkpoint can be read.
+        ArtifactWriteError: an artifact could not be written (e.g. a full
+            disk); the complete artifacts from before are kept.
     """
     keras.utils.set_random_seed(config.seed)
     out = Path(config.out)
     gan = build_gan(config, strategy)
-    checkpoint = RunCheckpoint(out / "checkpoint.weights.h5")
-    if resume:
-        checkpoint.restore(gan)
+    checkpoint = RunCheckpoint(out / "checkpoints")
+    restored = checkpoint.restore(gan) if resume else None
     done = global_step(gan)
+    if restored and verbose:
+        skipped = "".join(f"; skipped unreadable {path.name} ({problem})" for path, problem in checkpoint.skipped)
+        print(f"resuming from {restored} (step {done}){skipped}")
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
     with GracefulStop() as stop:
         evaluations = (

@@ -57,9 +57,10 @@ def test_train_writes_every_artifact(trained_run):
     out = work / "run"
     assert "data: builtin (5,000 digits); 1 replica(s)" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
+        ".lock", "checkpoints", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
         "history.csv", "logs", "samples",
     ]  # fmt: skip
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002.keras", "step_000004.keras"]
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000001.png", "step_000002.png",
                                                                    "step_000004.png"]  # fmt: skip
@@ -127,14 +128,14 @@ def test_ctrl_c_saves_the_checkpoint_and_generator_and_exits_130(trained_run):
     assert process.returncode == 130, stderr
     assert "stopped by SIGINT" in stdout and "Traceback" not in stderr
     assert (work / "interrupted" / "generator" / "saved_model.pb").exists()
-    assert (work / "interrupted" / "checkpoint.weights.h5").exists()
+    assert list((work / "interrupted" / "checkpoints").glob("step_*.keras"))
 
 
 def test_a_run_killed_with_sigkill_resumes_to_complete_artifacts(trained_run):
     work, _ = trained_run
     args = [*TINY_TRAIN, "--steps", "600", "--log-every", "20", "--sample-every", "100", "--out", "killed"]
     process = start("train.py", *args, cwd=work)
-    wait_for(work / "killed" / "checkpoint.weights.h5", process)
+    wait_for(work / "killed" / "checkpoints" / "step_000020.keras", process)
     process.kill()
     process.communicate()
     assert not (work / "killed" / "generator").exists()
