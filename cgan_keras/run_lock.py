@@ -22,6 +22,9 @@ class RunDirectoryBusy(RuntimeError):
 class RunLock:
     """An exclusive lock on a run directory, released by `release`, on exit, or when the process ends.
 
+    The lock lives in the object's open lock file: keep a reference for as
+    long as the run lasts (a dropped object closes the file and frees the lock).
+
     Args:
         directory: the run directory; created if missing.
 

@@ -3,6 +3,8 @@
 import errno
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +25,11 @@ from cgan_keras import models  # noqa: E402
 from cgan_keras.gan import ConditionalGAN  # noqa: E402
 
 LATENT_DIM = 8
+ROOT = Path(__file__).resolve().parents[1]
+HOLD_LOCK = (
+    "import sys; from cgan_keras.run_lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+    "print('locked', flush=True); sys.stdin.read()"
+)
 
 
 def tiny_gan(seed=0, compile=True, **compile_kwargs):
@@ -97,3 +104,16 @@ def full_disk(tmp_path, monkeypatch):
     yield FullDisk(path, mounted, monkeypatch)
     if mounted:
         subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def hold_lock(directory):
+    """Starts a process that holds the `run_lock.RunLock` of `directory` until it is killed; returns it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert holder.stdout.readline() == "locked\n"
+    return holder

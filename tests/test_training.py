@@ -173,7 +173,12 @@ class FillDiskAfterStep4(keras.callbacks.Callback):
         ("history.csv", {"sample_every": 100}, dict(writer=(csv.DictWriter, "writerows"))),
         # 16 KB free: enough for history.csv's new row (written first, and complete), not for the checkpoint.
         ("checkpoints/step_000008.keras", {"sample_every": 100}, dict(writer=(ConditionalGAN, "save"), leave=16384)),
-        ("generator", {"sample_every": 100}, dict(writer=(keras.export.ExportArchive, "write_out"), at_train_end=True)),
+        # ExportArchive() makes an instance of the backend's subclass, whose writer is the one to patch.
+        (
+            "generator",
+            {"sample_every": 100},
+            dict(writer=(type(keras.export.ExportArchive()), "write_out"), at_train_end=True),
+        ),
     ],
 )
 def test_a_full_disk_names_the_artifact_and_keeps_the_complete_ones(full_disk, digits, failing, settings, fill):
