@@ -148,6 +148,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     Args:
         directory: folder of `step_000400.keras`, ...
         keep: how many checkpoints to keep (at least 1).
+
+    Attributes:
+        skipped: `(path, problem)` of each unreadable checkpoint the last
+            `restore` passed over, newest first.
     """
 
     def __init__(self, directory, keep=2):
@@ -170,9 +174,9 @@ class RunCheckpoint(keras.callbacks.Callback):
     def restore(self, model):
         """Loads the newest checkpoint that reads completely into `model`.
 
-        Unreadable newer ones are listed in `skipped` as `(path, problem)`.
-        HDF5 stores no checksums, so each file's zip CRCs are verified first:
-        a damaged file is skipped before any of it reaches the model.
+        Unreadable newer ones are listed in `skipped`. HDF5 stores no
+        checksums, so each file's zip CRCs are verified first: a damaged
+        file is skipped before any of it reaches the model.
 
         Returns:
             The path loaded, or `None` when there is no checkpoint at all.
@@ -189,7 +193,7 @@ class RunCheckpoint(keras.callbacks.Callback):
                     raise zipfile.BadZipFile(f"{damaged} fails its CRC check")
                 model.load_weights(path)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-                self.skipped.append((path, str(error).strip().splitlines()[0] or type(error).__name__))
+                self.skipped.append((path, (str(error).strip().splitlines() or [type(error).__name__])[0]))
                 continue
             return path
         if self.skipped:
