@@ -10,10 +10,12 @@ Examples:
 
 Every flag is a `TrainConfig` field; `--preset` picks the defaults the other
 flags override. Artifacts go to `--out` (see `cgan_keras/training.py`).
-User mistakes exit with code 2 and one line on stderr. Ctrl-C (SIGINT) or
-SIGTERM stops after the current step, saves a checkpoint and the generator so
-far, and exits 130 or 143; `--resume` continues. A loss that becomes NaN stops
-the run with exit code 1, keeping the last good checkpoint.
+User mistakes exit with code 2 and one line on stderr, and so does a second
+train.py on an `--out` in use. Ctrl-C (SIGINT) or SIGTERM stops after the
+current step, saves a checkpoint and the generator so far, and exits 130 or
+143; `--resume` continues. A loss that becomes NaN, or an artifact that cannot
+be written (a full disk), stops the run with exit code 1 and one line, keeping
+the last good checkpoint.
 """
 
 import argparse
@@ -22,7 +24,7 @@ import functools
 import sys
 import time
 
-from cgan_keras import cli
+from cgan_keras import cli, run_lock
 from cgan_keras import config as config_module
 
 fail = functools.partial(cli.fail, "train.py")
@@ -65,10 +67,19 @@ def _show(value):
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
     started = time.perf_counter()
+    # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
+    lock = run_lock.RunLock(config.out)
+    try:
+        lock.acquire()
+    except run_lock.RunDirectoryBusy as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"cannot write --out {config.out}: {error.strerror}")
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
     from cgan_keras import data, distribute, training
-    from cgan_keras.callbacks import TrainingDiverged
+    from cgan_keras.artifacts import ArtifactWriteError
+    from cgan_keras.callbacks import CheckpointError, TrainingDiverged
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
     from cgan_keras.progress import RunProgress
@@ -92,7 +103,15 @@ def main(argv=None):
     progress = RunProgress(config.steps)  # one bar for the whole run, instead of Keras' lines per epoch
     try:
         _, results = training.run(
-            config, images, labels, judge=judge, strategy=strategy, resume=resume, callbacks=[progress], verbose=0
+            config,
+            images,
+            labels,
+            judge=judge,
+            strategy=strategy,
+            resume=resume,
+            callbacks=[progress],
+            verbose=0,
+            log=print,
         )
     except training.Interrupted as interruption:
         print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")
@@ -100,6 +119,11 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)
         sys.exit(1)
+    except ArtifactWriteError as error:
+        print(f"train.py: error: {error}; the complete artifacts from before are kept", file=sys.stderr)
+        sys.exit(1)
+    except CheckpointError as error:
+        fail(f"--resume: {error}")
     print(report.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 

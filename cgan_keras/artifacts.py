@@ -2,7 +2,10 @@
 
 Every file or directory the project writes goes first to a temporary name in
 the destination's own directory (same filesystem, so the rename is atomic) and
-is renamed into place only once it is complete.
+is renamed into place only once it is complete. A write that fails (a full
+disk, an I/O error) raises `ArtifactWriteError` and leaves nothing behind; a
+write killed outright leaves a `.NAME.XXXXXXXX.partial` staging directory,
+which `remove_partial` clears.
 """
 
 import contextlib
@@ -10,12 +13,32 @@ import ctypes
 import errno
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
+_PARTIAL_SUFFIX = ".partial"
+# Fault-injection point for tests of a kill at a known moment of a write: with
+# CGAN_KERAS_STOP_AT=generator:staged, the process stops itself (SIGSTOP) once
+# `generator` is complete in its staging directory, for the test to SIGKILL it.
+_STOP_AT = os.environ.get("CGAN_KERAS_STOP_AT")
+
+
+class ArtifactWriteError(OSError):
+    """An artifact could not be written (disk full, I/O error, no permission); the old one is kept.
+
+    `filename` is the artifact's path, `strerror` the reason, and `str(error)`
+    one line with both.
+    """
+
+    def __init__(self, path, reason, code=None):
+        super().__init__(code, reason, str(path))
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"
 
 
 @contextlib.contextmanager
@@ -31,23 +54,58 @@ def atomic_path(final_path, directory=False):
         the artifact there. If the block raises, it is removed and
         `final_path` is left as it was.
 
+    Raises:
+        ArtifactWriteError: an `OSError` while writing or renaming, with the
+            artifact's path in its message.
+
     Example:
 
     >>> with atomic_path("out/config.json") as tmp:
     ...     tmp.write_text("{}")
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", dir=final_path.parent))
-    temporary = staging / final_path.name
+    staging = None
     try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=_PARTIAL_SUFFIX, dir=final_path.parent))
+        temporary = staging / final_path.name
         yield temporary
+        _stop_here(final_path, "staged")
         if directory and final_path.is_dir():
             _exchange(temporary, final_path)  # the old directory lands in staging, removed below
         else:
             os.replace(temporary, final_path)
+        _stop_here(final_path, "renamed")
+    except ArtifactWriteError:
+        raise
+    except OSError as error:
+        raise ArtifactWriteError(final_path, _reason(error), error.errno) from error
     finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_partial(directory):
+    """Removes the staging directories that killed writes left under `directory`; returns them.
+
+    Only safe while no other process writes there (`train.py` holds the run's lock).
+    """
+    removed = sorted(Path(directory).rglob(f".*{_PARTIAL_SUFFIX}"))
+    for staging in removed:
         shutil.rmtree(staging, ignore_errors=True)
+    return removed
+
+
+def _reason(error):
+    if error.errno is not None:
+        return os.strerror(error.errno)
+    # Libraries (h5py, TensorFlow) may put several lines in one message.
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _stop_here(final_path, moment):
+    if _STOP_AT == f"{final_path.name}:{moment}":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _exchange(new_path, old_path):

@@ -1,8 +1,10 @@
 """Callbacks for a training GAN: sample grids, judge scores, checkpoints, history, safe stops."""
 
 import csv
+import re
 import signal
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -141,32 +143,89 @@ class EvaluationCallback(keras.callbacks.Callback):
         logs.update({key: results[key] for key in self.KEYS})
 
 
+class CheckpointError(ValueError):
+    """A run has checkpoints, but none of them can be read."""
+
+
 class RunCheckpoint(keras.callbacks.Callback):
-    """Saves the model's whole training state at each epoch end, replacing one file atomically.
+    """Saves the model's whole training state at each epoch end, keeping the newest `keep` checkpoints.
 
     The state holds both networks, both optimizers (with their step counters)
     and the step noise generator's seed, so `restore` continues training
-    exactly where the last save left it, mid-epoch included: the restored
-    step counter says where.
+    exactly where a save left it, mid-epoch included: the restored step
+    counter says where. Each save is a `.keras` file named after its global
+    step, written atomically; then the older ones beyond `keep` go, and so do
+    those past the current step (the abandoned future of a run resumed from
+    an older checkpoint). A checkpoint damaged after it was written then costs
+    one epoch of steps, not the run.
 
     Args:
-        path: the checkpoint file; its name must end in `.weights.h5`.
+        directory: folder of `step_000400.keras`, ...
+        keep: how many checkpoints to keep (at least 1).
+
+    Attributes:
+        skipped: `(path, problem)` of each unreadable checkpoint the last
+            `restore` passed over, newest first.
     """
 
-    def __init__(self, path):
+    def __init__(self, directory, keep=2):
         super().__init__()
-        self.path = Path(path)
+        if keep < 1:
+            raise ValueError(f"`keep` must be a positive integer. Received: keep={keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self.skipped = []
+
+    def checkpoints(self):
+        """`(step, path)` of every checkpoint in `directory`, newest first."""
+        found = []
+        for path in self.directory.glob("step_*.keras"):
+            match = re.fullmatch(r"step_(\d+)\.keras", path.name)
+            if match:
+                found.append((int(match[1]), path))
+        return sorted(found, reverse=True)
 
     def restore(self, model):
-        """Loads the checkpoint into `model` if there is one; returns whether there was."""
-        if not self.path.exists():
-            return False
-        model.load_weights(self.path)
-        return True
+        """Loads the newest checkpoint that reads completely into `model`.
+
+        Unreadable newer ones are listed in `skipped`. HDF5 stores no
+        checksums, so each file's zip CRCs are verified first: a damaged
+        file is skipped before any of it reaches the model.
+
+        Returns:
+            The path loaded, or `None` when there is no checkpoint at all.
+
+        Raises:
+            CheckpointError: there are checkpoints, but none can be read.
+        """
+        self.skipped = []
+        for _, path in self.checkpoints():
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    damaged = archive.testzip()
+                if damaged is not None:
+                    raise zipfile.BadZipFile(f"{damaged} fails its CRC check")
+                model.load_weights(path)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+                self.skipped.append((path, (str(error).strip().splitlines() or [type(error).__name__])[0]))
+                continue
+            return path
+        if self.skipped:
+            problems = "; ".join(f"{path}: {problem}" for path, problem in self.skipped)
+            raise CheckpointError(f"no checkpoint can be read ({problems}); pass --overwrite to start again")
+        return None
 
     def on_epoch_end(self, epoch, logs=None):
-        with artifacts.atomic_path(self.path) as temporary:
-            self.model.save_weights(temporary)
+        step = global_step(self.model)
+        # A `.keras` file rather than `save_weights`: Keras builds its HDF5 part in memory, so a full
+        # disk fails in Python's zip writer with a plain OSError. HDF5 writing to a full disk itself
+        # cannot close the file, and the process then crashes at exit (in HDF5's H5_term_library).
+        with artifacts.atomic_path(self.directory / f"step_{step:06d}.keras") as temporary:
+            self.model.save(temporary)
+        kept = [path for saved_step, path in self.checkpoints() if saved_step <= step][: self.keep]
+        for _, path in self.checkpoints():
+            if path not in kept:
+                path.unlink(missing_ok=True)
 
 
 class HistoryCSV(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 """Writing trained models: the generator as a SavedModel (with a TF Serving copy) and as ONNX; `.keras` files."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -82,7 +83,11 @@ def export_generator(gan, path):
     )
     archive.add_variable_collection("num_classes", [tf.Variable(gan.num_classes, trainable=False, name="num_classes")])
     with atomic_path(path, directory=True) as temporary:
-        archive.write_out(str(temporary), verbose=False)
+        try:
+            archive.write_out(str(temporary), verbose=False)
+        except tf.errors.OpError as error:
+            # TensorFlow's file errors are no OSErrors; its message ends with the system's reason.
+            raise OSError(re.sub(r"\s*\[Op:\w+\]$", "", error.message).rsplit("; ", 1)[-1]) from error
     return Path(path)
 
 

@@ -9,13 +9,15 @@ tests. Layout of a run directory:
     history.csv       one row per `log_every` steps (Keras epoch)
     history.png       history.csv's losses and evaluations against the step
     logs/             TensorBoard: the same scalars, and the sample grids as images
-    checkpoint.weights.h5  resumable state, saved every `log_every` steps and on SIGINT/SIGTERM
+    checkpoints/      step_000400.keras, ...: the last two resumable states, saved every
+                      `log_every` steps and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images; generate: digit, seed -> images)
     serving/cgan/1/   the same SavedModel, laid out for TF Serving (model base path serving/cgan)
     generator.onnx    the generator as ONNX (digit, noise -> images), for onnxruntime
     generator.keras   the generator as a Keras file
     gan.keras         the whole ConditionalGAN, optimizers included
     eval.json         the judge's scores of the final generator (with a judge)
+    .lock             `run_lock.RunLock`'s file: one run at a time in the directory
 """
 
 import dataclasses
@@ -26,7 +28,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import data, distribute, export, models, plot, speed
+from cgan_keras import artifacts, data, distribute, export, models, plot, run_lock, speed
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EpochTensorBoard,
@@ -121,7 +123,9 @@ def prepare_directory(config, resume=False, overwrite=False):
     """Makes `config.out` ready for the run, refusing to lose earlier work.
 
     An existing non-empty directory is an error unless `resume` (the saved
-    `config.json` must then match `config`) or `overwrite` (it is deleted).
+    `config.json` must then match `config`; what killed writes left behind is
+    removed) or `overwrite` (its contents are deleted, except the lock file of
+    a `run_lock.RunLock`, which must stay the file its holder locked).
 
     Raises:
         RunDirectoryError: with a message that says which flag to use.
@@ -139,13 +143,19 @@ def prepare_directory(config, resume=False, overwrite=False):
         ]
         if differing:
             raise RunDirectoryError(f"--resume needs the same settings as the run in {out}; " + "; ".join(differing))
+        artifacts.remove_partial(out)
         return
-    if out.is_dir() and any(out.iterdir()):
+    entries = [entry for entry in out.iterdir() if entry.name != run_lock.LOCK_NAME] if out.is_dir() else []
+    if entries:
         if not overwrite:
             raise RunDirectoryError(
                 f"--out {out} is not empty; pass --resume to continue that run or --overwrite to replace it."
             )
-        shutil.rmtree(out)
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
 
@@ -158,13 +168,13 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-def run(config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1):
+def run(config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1, log=None):
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
     Call `prepare_directory` first. With `resume`, training continues from
-    `config.out/checkpoint.weights.h5` (both networks, both optimizers, the
-    step counter and the noise generator's state), saved every
-    `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
+    the newest readable checkpoint in `config.out/checkpoints/` (both
+    networks, both optimizers, the step counter and the noise generator's
+    state), saved every `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
     signal finishes its step, saves the checkpoint, exports the generator
     trained so far, then raises `Interrupted`.
 
@@ -185,6 +195,9 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         resume: continue from the checkpoint if one exists.
         callbacks: more Keras callbacks, run after the run's own.
         verbose: Keras `fit` verbosity (1: progress bar).
+        log: a function given the run's one-line notices (the XLA and
+            precision choice, the checkpoint resumed from), e.g. `print`;
+            `None` says nothing.
 
     Returns:
         `(gan, results)`: the trained model and the final evaluation (`None`
@@ -194,20 +207,25 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         Interrupted: SIGINT or SIGTERM arrived.
         TrainingDiverged: the loss became NaN or infinite; the last
             checkpoint (from before) is kept and nothing is exported.
+        CheckpointError: `resume`, and no checkpoint can be read.
+        ArtifactWriteError: an artifact could not be written (e.g. a full
+            disk); the complete artifacts from before are kept.
     """
     out = Path(config.out)
     # Timed before the seed is set: the throwaway models' draws do not shift the run's.
     choice = speed.choose(
         config, functools.partial(_time_step, config, images, labels, strategy), out / "speed.json", resume
     )
-    if verbose:
-        print(choice.summary())
+    log = log or (lambda line: None)
+    log(choice.summary())
     keras.utils.set_random_seed(config.seed)
     gan = build_gan(config, strategy, jit_compile=choice.jit_compile, policy=choice.policy)
-    checkpoint = RunCheckpoint(out / "checkpoint.weights.h5")
-    if resume:
-        checkpoint.restore(gan)
+    checkpoint = RunCheckpoint(out / "checkpoints")
+    restored = checkpoint.restore(gan) if resume else None
     done = global_step(gan)
+    if restored:
+        skipped = "".join(f"; skipped unreadable {path.name} ({problem})" for path, problem in checkpoint.skipped)
+        log(f"resuming from {restored} (step {done}){skipped}")
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
     with GracefulStop() as stop:
         evaluations = (

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from cgan_keras.artifacts import atomic_path
+from cgan_keras.artifacts import ArtifactWriteError, atomic_path, remove_partial
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
@@ -33,3 +35,23 @@ def test_a_failed_directory_write_keeps_the_old_directory(tmp_path):
         temporary.mkdir()
         raise OSError("disk full")
     assert (target / "old.pb").read_text() == "old"
+
+
+def test_a_full_disk_raises_one_line_naming_the_artifact_and_leaves_no_debris(full_disk):
+    target = full_disk.path / "history.csv"
+    target.write_text("old")
+    full_disk.fill((Path, "write_bytes"))
+    with pytest.raises(ArtifactWriteError) as failed, atomic_path(target) as temporary:
+        temporary.write_bytes(bytes(1 << 20))
+    assert str(failed.value) == f"cannot write {target}: No space left on device"
+    assert target.read_text() == "old"
+    assert [path.name for path in full_disk.path.iterdir() if path.name != "ballast"] == ["history.csv"]
+
+
+def test_remove_partial_clears_what_a_killed_write_left(tmp_path):
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / ".step_000100.png.abcd1234.partial").mkdir()
+    (tmp_path / ".generator.efgh5678.partial" / "generator").mkdir(parents=True)
+    (tmp_path / "generator").mkdir()
+    assert len(remove_partial(tmp_path)) == 2
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["generator", "samples"]

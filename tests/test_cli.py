@@ -2,6 +2,8 @@
 
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import hold_lock, mount_tmpfs
+
+from cgan_keras import export
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -61,10 +66,11 @@ def test_train_writes_every_artifact(trained_run):
     for noise in ("absl::InitializeLog", "cudart_stub", "cuInit", "oneDNN", "remapper failed"):
         assert noise not in result.stderr  # printed by TensorFlow on a machine without a GPU
     assert sorted(p.name for p in out.iterdir()) == [
-        "checkpoint.weights.h5", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
+        ".lock", "checkpoints", "config.json", "eval.json", "gan.keras", "generator", "generator.keras",
         "generator.onnx", "history.csv", "history.png", "logs", "samples", "serving", "speed.json",
     ]  # fmt: skip
     assert (out / "serving" / "cgan" / "1" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002.keras", "step_000004.keras"]
     assert "label accuracy" in result.stdout and "judge:" in result.stdout
     progress = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("step ")]
     assert progress[-2:] == ["step 2/4", "step 4/4"] and "Epoch" not in result.stdout  # one line per --log-every
@@ -181,14 +187,16 @@ def test_ctrl_c_saves_the_checkpoint_and_generator_and_exits_130(trained_run):
     assert process.returncode == 130, stderr
     assert "stopped by SIGINT" in stdout and "Traceback" not in stderr
     assert (work / "interrupted" / "generator" / "saved_model.pb").exists()
-    assert (work / "interrupted" / "checkpoint.weights.h5").exists()
+    assert list((work / "interrupted" / "checkpoints").glob("step_*.keras"))
 
 
 def test_a_run_killed_with_sigkill_resumes_to_complete_artifacts(trained_run):
     work, _ = trained_run
     args = [*TINY_TRAIN, "--steps", "600", "--log-every", "20", "--sample-every", "100", "--out", "killed"]
     process = start("train.py", *args, cwd=work)
-    wait_for(work / "killed" / "checkpoint.weights.h5", process)
+    wait_for(work / "killed" / "checkpoints" / "step_000020.keras", process)
+    second = run("train.py", *args, "--resume", cwd=work)
+    assert second.returncode == 2 and f"is in use by another run (pid {process.pid})" in second.stderr.splitlines()[-1]
     process.kill()
     process.communicate()
     assert not (work / "killed" / "generator").exists()
@@ -304,3 +312,119 @@ def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(t
 
     verbose = subprocess.run(command, capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
     assert len(verbose.stderr.splitlines()) == 4  # the user asked for TensorFlow's logs
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_a_second_train_on_an_out_in_use_exits_2_and_touches_nothing(tmp_path, flags):
+    holder = hold_lock(tmp_path / "run")
+    (tmp_path / "run" / "history.csv").write_text("the other run's")
+    result = run("train.py", *TINY_TRAIN, "--out", "run", *flags, cwd=tmp_path)
+    holder.kill()
+    holder.wait()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"train.py: error: --out run is in use by another run (pid {holder.pid})" in result.stderr.splitlines()[-1]
+    assert (tmp_path / "run" / "history.csv").read_text() == "the other run's"
+
+
+def test_a_full_disk_stops_train_with_one_line_and_exit_1(trained_run, tmp_path):
+    """The issue's report: the default networks on a 3 MB tmpfs (or, where mounting is not allowed,
+    a 1 MB limit on the size of any file the process writes) fill up at the checkpoint of step 100."""
+    work, _ = trained_run
+    mounted = mount_tmpfs(tmp_path / "disk", "3m")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "disk" / "run"
+    try:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--data", "builtin", "--steps", "100", "--batch-size", "16",
+             "--out", str(out)],
+            capture_output=True, text=True, cwd=work, preexec_fn=None if mounted else limit_file_size,
+        )  # fmt: skip
+    finally:
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(tmp_path / "disk")], check=True)
+    reason = "No space left on device" if mounted else "File too large"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"train.py: error: cannot write {out}/checkpoints/step_000100.keras: {reason}; "
+        "the complete artifacts from before are kept"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_with_only_damaged_checkpoints_exits_2_naming_them(trained_run):
+    work, _ = trained_run
+    shutil.copytree(work / "run", work / "damaged")
+    config = json.loads((work / "damaged" / "config.json").read_text())
+    (work / "damaged" / "config.json").write_text(json.dumps({**config, "out": "damaged"}))
+    for checkpoint in (work / "damaged" / "checkpoints").iterdir():
+        checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+    result = run("train.py", *TINY_TRAIN, "--out", "damaged", "--resume", cwd=work)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        "train.py: error: --resume: no checkpoint can be read (damaged/checkpoints/step_000004.keras: "
+    )
+    assert "damaged/checkpoints/step_000002.keras: " in last and last.endswith("pass --overwrite to start again")
+
+
+def stopped_at(moment, args, cwd):
+    """Runs train.py until it stops itself at `moment` of a write (CGAN_KERAS_STOP_AT); returns the process."""
+    with open(cwd / "stopped.log", "w") as log:  # a file, not a pipe: a full pipe would block it before the moment
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args],
+            stdout=log,
+            stderr=log,
+            cwd=cwd,
+            env={**os.environ, "CGAN_KERAS_STOP_AT": moment},
+        )
+    _, status = os.waitpid(process.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), (cwd / "stopped.log").read_text()
+    return process
+
+
+def test_sigkill_during_the_export_leaves_the_old_or_the_new_generator_and_resume_completes(trained_run):
+    work, _ = trained_run
+    args = [*TINY_TRAIN, "--steps", "20", "--out", "exported"]
+    out = work / "exported"
+    noise = np.random.default_rng(0).standard_normal((10, 8), dtype=np.float32)
+
+    def generator_images():
+        serve, _, _ = export.load_generator(out / "generator")  # raises unless it is a complete SavedModel
+        return serve(digit=tf.range(10), noise=tf.constant(noise))["images"].numpy()
+
+    # A previous complete export: Ctrl-C after step 2's grid exports the generator of step 3.
+    process = stopped_at("step_000002.png:renamed", args, work)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=120) == 130, (work / "stopped.log").read_text()
+    old = generator_images()
+
+    seen = {}
+    for moment in ("generator:staged", "generator:writing", "generator:renamed", "gan.keras:staged"):
+        if moment == "generator:writing":  # mid-write: kill as soon as a new staging of the SavedModel appears
+            left_by_kills = set(out.glob(".generator.*.partial"))
+            process = start("train.py", *args, "--resume", cwd=work)
+            while not set(out.glob(".generator.*.partial")) - left_by_kills:
+                assert process.poll() is None, process.communicate()[1]
+                time.sleep(0.01)
+        else:
+            process = stopped_at(moment, [*args, "--resume"], work)
+        process.kill()
+        process.wait()
+        seen[moment] = generator_images()
+
+    result = run("train.py", *args, "--resume", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from exported/checkpoints/step_000020.keras (step 20)" in result.stdout
+    new = generator_images()
+    assert not np.array_equal(old, new)  # step 3's generator, then step 20's
+    np.testing.assert_array_equal(seen["generator:staged"], old)
+    assert np.array_equal(seen["generator:writing"], old) or np.array_equal(seen["generator:writing"], new)
+    np.testing.assert_array_equal(seen["generator:renamed"], new)
+    np.testing.assert_array_equal(seen["gan.keras:staged"], new)
+    assert not list(out.rglob("*.partial"))  # what the kills left, the last resume removed
+    assert json.loads((out / "eval.json").read_text())["label_accuracy"] >= 0

@@ -2,14 +2,19 @@ import csv
 import json
 import os
 import signal
+from pathlib import Path
 
 import keras
+import matplotlib.figure
 import numpy as np
 import pytest
 
 from cgan_keras import speed, training
-from cgan_keras.callbacks import TrainingDiverged
+from cgan_keras.artifacts import ArtifactWriteError
+from cgan_keras.callbacks import CheckpointError, RunCheckpoint, TrainingDiverged
 from cgan_keras.config import TrainConfig
+from cgan_keras.gan import ConditionalGAN
+from cgan_keras.run_lock import RunDirectoryBusy, RunLock
 
 TINY = dict(
     latent_dim=8,
@@ -111,6 +116,10 @@ def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly
     assert int(gan.optimizer.iterations) == 8  # 5 done, then the 3 left: 6, 7, 8
     with open(tmp_path / "history.csv") as rows:
         assert [row["step"] for row in csv.DictReader(rows)] == ["4", "5", "8"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000005.keras",  # step 4's is rotated out: the newest two stay
+        "step_000008.keras",
+    ]
 
 
 def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(tmp_path, digits):
@@ -180,3 +189,114 @@ def test_timing_xla_first_leaves_the_run_exactly_as_without_timing(tmp_path, dig
     untimed, _ = training.run(forced, *digits, verbose=0)
     for first, second in zip(timed.generator.weights, untimed.generator.weights, strict=True):
         np.testing.assert_array_equal(first.numpy(), second.numpy())
+
+
+def snapshot(directory):
+    """Every file under `directory` but the append-only TensorBoard logs, with its bytes."""
+    return {
+        path.relative_to(directory): path.read_bytes()
+        for path in directory.rglob("*")
+        if path.is_file() and "logs" not in path.relative_to(directory).parts
+    }
+
+
+class FillDiskAfterStep4(keras.callbacks.Callback):
+    """Fills the disk once the checkpoint of step 4 is written (or, with `at_train_end`, after training)."""
+
+    def __init__(self, disk, writer, leave=0, at_train_end=False):
+        super().__init__()
+        self.disk, self.writer, self.leave, self.at_train_end = disk, writer, leave, at_train_end
+        self.before = None
+
+    def _fill(self):
+        self.before = snapshot(self.disk.path / "run")
+        self.disk.fill(self.writer, self.leave)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0 and not self.at_train_end:
+            self._fill()
+
+    def on_train_end(self, logs=None):
+        if self.at_train_end:
+            self._fill()
+
+
+@pytest.mark.parametrize(
+    "failing, settings, fill",
+    [
+        ("samples/step_000006.png", {}, dict(writer=(matplotlib.figure.Figure, "savefig"))),
+        ("history.csv", {"sample_every": 100}, dict(writer=(csv.DictWriter, "writerows"))),
+        # 16 KB free: enough for history.csv's new row (written first, and complete), not for the checkpoint.
+        ("checkpoints/step_000008.keras", {"sample_every": 100}, dict(writer=(ConditionalGAN, "save"), leave=16384)),
+        # ExportArchive() makes an instance of the backend's subclass, whose writer is the one to patch.
+        (
+            "generator",
+            {"sample_every": 100},
+            dict(writer=(type(keras.export.ExportArchive()), "write_out"), at_train_end=True),
+        ),
+    ],
+)
+def test_a_full_disk_names_the_artifact_and_keeps_the_complete_ones(full_disk, digits, failing, settings, fill):
+    out = full_disk.path / "run"
+    config = TrainConfig(out=str(out), **{**TINY, **settings})
+    training.prepare_directory(config)
+    filler = FillDiskAfterStep4(full_disk, **fill)
+    with pytest.raises(ArtifactWriteError) as failed:
+        training.run(config, *digits, callbacks=[filler], verbose=0)
+    assert str(failed.value) == f"cannot write {out / failing}: No space left on device"
+    after = snapshot(out)
+    if failing.startswith("checkpoints/"):
+        assert after.pop(Path("history.csv")).decode().splitlines()[-1].startswith("1,8,")
+        filler.before.pop(Path("history.csv"))
+    assert after == filler.before  # nothing complete was touched, and nothing half-written is left
+    assert not list(out.rglob("*.partial"))
+
+
+def _damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":  # as a crashed copy leaves it
+        data = data[:3000]
+    else:  # one flipped byte in the middle: HDF5 alone would not notice
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, digits, capsys):
+    config = TrainConfig(out=str(tmp_path), **TINY)
+    training.prepare_directory(config)
+    training.run(config, *digits, verbose=0)
+    _damage(tmp_path / "checkpoints" / "step_000008.keras", "flip")
+
+    gan, _ = training.run(config, *digits, resume=True, verbose=0, log=print)
+    (resumed,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resuming from")]
+    assert resumed.startswith(f"resuming from {tmp_path / 'checkpoints' / 'step_000004.keras'} (step 4); ")
+    assert "skipped unreadable step_000008.keras (" in resumed
+    assert int(gan.optimizer.iterations) == 8 and int(gan.discriminator_optimizer.iterations) == 16
+    assert RunCheckpoint(tmp_path / "checkpoints").restore(training.build_gan(config)).name == "step_000008.keras"
+
+
+def test_resume_with_no_readable_checkpoint_names_each_file_and_the_way_out(tmp_path, digits):
+    config = TrainConfig(out=str(tmp_path), **TINY)
+    training.prepare_directory(config)
+    training.run(config, *digits, verbose=0)
+    _damage(tmp_path / "checkpoints" / "step_000008.keras", "truncate")
+    _damage(tmp_path / "checkpoints" / "step_000004.keras", "flip")
+    with pytest.raises(CheckpointError) as failed:
+        training.run(config, *digits, resume=True, verbose=0)
+    message = str(failed.value)
+    assert message.startswith(f"no checkpoint can be read ({tmp_path / 'checkpoints' / 'step_000008.keras'}: ")
+    assert f"; {tmp_path / 'checkpoints' / 'step_000004.keras'}: " in message
+    assert message.endswith("); pass --overwrite to start again") and "\n" not in message
+
+
+def test_overwrite_keeps_the_lock_that_the_run_holds(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), **TINY)
+    with RunLock(config.out) as lock:
+        training.prepare_directory(config)
+        (tmp_path / "run" / "history.csv").write_text("old run")
+        locked_file = lock.path.stat().st_ino
+        training.prepare_directory(config, overwrite=True)
+        assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [".lock", "config.json"]
+        assert lock.path.stat().st_ino == locked_file  # still the file this run locked, so still exclusive
+        with pytest.raises(RunDirectoryBusy, match=f"pid {os.getpid()}"):
+            RunLock(config.out).acquire()
