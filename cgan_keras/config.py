@@ -24,6 +24,8 @@ PRESETS = {
         discriminator_learning_rate=1.0,
         label_smoothing=0.0,
         ema_decay=0.0,
+        loss="non_saturating",
+        digit_at_every_scale=False,
     ),
 }
 CHOICES = {
@@ -53,22 +55,22 @@ class TrainConfig:
 
     data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
     preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
-    steps: int = _field(5000, "training steps (discriminator on fakes, on reals, then generator)")
+    steps: int = _field(3000, "training steps (discriminator on fakes, on reals, then generator)")
     batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
     latent_dim: int = _field(64, "length of the noise vector fed to the generator")
     generator_filters: tuple[int, ...] = _field(
         (128, 64), "channels of the generator's hidden maps, smallest map first"
     )
     discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
-    digit_at_every_scale: bool = _field(False, "give every hidden map of the generator the one-hot digit too")
+    digit_at_every_scale: bool = _field(True, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
-    generator_learning_rate: float = _field(2e-4, "learning rate of the generator's optimizer")
-    discriminator_learning_rate: float = _field(2e-4, "learning rate of the discriminator's optimizer")
+    generator_learning_rate: float = _field(1e-3, "learning rate of the generator's optimizer")
+    discriminator_learning_rate: float = _field(1e-3, "learning rate of the discriminator's optimizer")
     cosine_decay: bool = _field(False, "decay both learning rates to 0 along a cosine over the run's steps")
     beta_1: float = _field(0.5, "Adam's first-moment decay")
-    loss: str = _field("non_saturating", "loss of both networks: non_saturating (binary cross-entropy) or hinge")
-    label_smoothing: float = _field(0.1, "one-sided smoothing: the real target is 1 - label_smoothing")
+    loss: str = _field("hinge", "loss of both networks: non_saturating (binary cross-entropy) or hinge")
+    label_smoothing: float = _field(0.0, "one-sided smoothing: the real target is 1 - label_smoothing")
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )

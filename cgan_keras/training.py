@@ -75,6 +75,7 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                     filters=config.generator_filters,
                     batch_norm_scale=False,
                     synchronized_batch_norm=synchronized,
+                    digit_at_every_scale=config.digit_at_every_scale,
                 )
                 discriminator = models.build_seed_discriminator(
                     filters=config.discriminator_filters, synchronized_batch_norm=synchronized
