@@ -115,17 +115,17 @@ class ConditionalGAN(keras.Model):
 
         Args:
             generator_optimizer: optimizer of the generator; `None` means
-                `Adam(2e-4, beta_1=0.5)`. It is also `model.optimizer`, whose
+                `Adam(1e-3, beta_1=0.5)`. It is also `model.optimizer`, whose
                 `iterations` count training steps (what callbacks read).
             discriminator_optimizer: optimizer of the discriminator; `None`
-                means `Adam(2e-4, beta_1=0.5)`. It steps twice per training
+                means `Adam(1e-3, beta_1=0.5)`. It steps twice per training
                 step (fake batch, then real batch).
             label_smoothing: one-sided smoothing: the discriminator's target
                 for real digits is `1 - label_smoothing`.
             loss: the loss of both networks on logits, with targets 0 (fake)
-                and 1 (real); `None` means `BinaryCrossentropy(from_logits=True)`
-                (the non-saturating GAN loss); `keras.losses.Hinge()` gives
-                the hinge loss (targets 0/1 become -1/1).
+                and 1 (real); `None` means `keras.losses.Hinge()` (targets 0/1
+                become -1/1); `BinaryCrossentropy(from_logits=True)` is the
+                non-saturating GAN loss.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
@@ -141,7 +141,7 @@ class ConditionalGAN(keras.Model):
         if self.dtype_policy.name == "mixed_float16":
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
-        self.loss_fn = keras.losses.get(loss or keras.losses.BinaryCrossentropy(from_logits=True))
+        self.loss_fn = keras.losses.get(loss or keras.losses.Hinge())
         # Built now, not lazily in the first step, so that load_weights and
         # BackupAndRestore find every optimizer variable to restore.
         self.generator_optimizer.build(self.generator.trainable_variables)
@@ -349,4 +349,4 @@ def _replica_context():
 
 
 def _default_optimizer():
-    return keras.optimizers.Adam(learning_rate=2e-4, beta_1=0.5)
+    return keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.5)

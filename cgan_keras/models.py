@@ -30,7 +30,7 @@ def build_generator(
     filters=(128, 64),
     batch_norm_scale=True,
     synchronized_batch_norm=False,
-    digit_at_every_scale=False,
+    digit_at_every_scale=True,
     name="generator",
 ):
     """Builds the generator: noise + one-hot digit -> image.

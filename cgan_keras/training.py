@@ -102,7 +102,9 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                 # The discriminator's optimizer steps twice per training step (fake batch, real batch).
                 discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
                 label_smoothing=config.label_smoothing,
-                loss=keras.losses.Hinge() if config.loss == "hinge" else None,
+                loss=keras.losses.Hinge()
+                if config.loss == "hinge"
+                else keras.losses.BinaryCrossentropy(from_logits=True),
                 jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
             )
     finally:
