@@ -67,8 +67,8 @@ def main(argv=None):
     started = time.perf_counter()
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
-    from cgan_keras import data, distribute, training
-    from cgan_keras.callbacks import TrainingDiverged
+    from cgan_keras import data, distribute, loop, training
+    from cgan_keras.callbacks import TrainingDiverged, global_step
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
     from cgan_keras.progress import RunProgress
@@ -80,8 +80,10 @@ def main(argv=None):
         images, labels = data.load_data(source)
     except data.DataError as error:
         fail(str(error))
+    chief = loop.is_chief(strategy)
     try:
-        training.prepare_directory(config, resume=resume, overwrite=overwrite)
+        if chief:  # the other workers of a cluster write nothing to --out
+            training.prepare_directory(config, resume=resume, overwrite=overwrite)
     except training.RunDirectoryError as error:
         fail(str(error))
     except OSError as error:  # only --out is written here, so an OSError is about it
@@ -91,7 +93,7 @@ def main(argv=None):
     print(f"judge: the fixed MNIST judge ({judge.accuracy:.2%} on {judge.info['held_out']:,} held-out digits)")
     progress = RunProgress(config.steps)  # one bar for the whole run, instead of Keras' lines per epoch
     try:
-        _, results = training.run(
+        gan, results = training.run(
             config, images, labels, judge=judge, strategy=strategy, resume=resume, callbacks=[progress], verbose=0
         )
     except training.Interrupted as interruption:
@@ -100,6 +102,17 @@ def main(argv=None):
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)
         sys.exit(1)
+    except loop.WorkerLost as error:
+        print(
+            f"train.py: error: {error}; the last checkpoint is in {config.out}/; restart every worker with --resume",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    if config.strategy == "multiworker":  # workers that trained in sync print the same digest
+        print(f"weights sha256 {loop.weights_digest(gan)} at step {global_step(gan)}")
+    if not chief:
+        print(f"worker done; the run's artifacts are the chief's, in {config.out}/")
+        return
     print(report.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 
