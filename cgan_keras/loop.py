@@ -116,7 +116,10 @@ class DistributedLoop:
             model=self.gan,
         )
         try:
-            self._check_workers_agree()
+            # Only where there are workers: in one process, a gather of this
+            # strategy can collide with the collective keys of another strategy's.
+            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+                self._check_workers_agree()
             self._fit(initial_epoch, epochs, steps_per_epoch, callbacks)
         except _PEER_ERRORS as error:
             # Resetting the metrics is a collective op too, so any of them can be where it shows.
