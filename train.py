@@ -21,6 +21,8 @@ the last good checkpoint.
 import argparse
 import dataclasses
 import functools
+import json
+import os
 import sys
 import time
 
@@ -64,22 +66,39 @@ def _show(value):
     return " ".join(map(str, value)) if isinstance(value, tuple) else value
 
 
+def _writes_out(config):
+    """Whether this process writes --out: any run but a non-chief worker of a `TF_CONFIG` cluster.
+
+    Read from `TF_CONFIG` as TensorFlow does (the `chief` task, else worker 0),
+    because the lock is taken before TensorFlow is imported.
+    """
+    if config.strategy != "multiworker":
+        return True
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
     started = time.perf_counter()
     # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
+    # The other workers of a cluster write nothing to --out, so only the chief takes it.
     lock = run_lock.RunLock(config.out)
     try:
-        lock.acquire()
+        if _writes_out(config):
+            lock.acquire()
     except run_lock.RunDirectoryBusy as error:
         fail(str(error))
     except OSError as error:
         fail(f"cannot write --out {config.out}: {error.strerror}")
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
-    from cgan_keras import data, distribute, training
+    from cgan_keras import data, distribute, loop, training
     from cgan_keras.artifacts import ArtifactWriteError
-    from cgan_keras.callbacks import CheckpointError, TrainingDiverged
+    from cgan_keras.callbacks import CheckpointError, TrainingDiverged, global_step
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
     from cgan_keras.progress import RunProgress
@@ -91,8 +110,10 @@ def main(argv=None):
         images, labels = data.load_data(source)
     except data.DataError as error:
         fail(str(error))
+    chief = loop.is_chief(strategy)
     try:
-        training.prepare_directory(config, resume=resume, overwrite=overwrite)
+        if chief:  # the other workers of a cluster write nothing to --out
+            training.prepare_directory(config, resume=resume, overwrite=overwrite)
     except training.RunDirectoryError as error:
         fail(str(error))
     except OSError as error:  # only --out is written here, so an OSError is about it
@@ -102,7 +123,7 @@ def main(argv=None):
     print(f"judge: the fixed MNIST judge ({judge.accuracy:.2%} on {judge.info['held_out']:,} held-out digits)")
     progress = RunProgress(config.steps)  # one bar for the whole run, instead of Keras' lines per epoch
     try:
-        _, results = training.run(
+        gan, results = training.run(
             config,
             images,
             labels,
@@ -124,6 +145,17 @@ def main(argv=None):
         sys.exit(1)
     except CheckpointError as error:
         fail(f"--resume: {error}")
+    except loop.WorkerLost as error:
+        print(
+            f"train.py: error: {error}; the last checkpoint is in {config.out}/; restart every worker with --resume",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    if config.strategy == "multiworker":  # workers that trained in sync print the same digest
+        print(f"weights sha256 {loop.weights_digest(gan)} at step {global_step(gan)}")
+    if not chief:
+        print(f"worker done; the run's artifacts are the chief's, in {config.out}/")
+        return
     print(report.format_table(results))
     print(f"artifacts in {config.out}/ (generator/ is the SavedModel); wall time {time.perf_counter() - started:.0f} s")
 

@@ -23,7 +23,8 @@ def make_strategy(name="default", cpu_replicas=1):
         name: `default` (one device), `mirrored` (every visible GPU, or
             `cpu_replicas` logical CPU devices where there is none) or
             `multiworker` (`MultiWorkerMirroredStrategy`, configured by the
-            `TF_CONFIG` environment variable as TensorFlow documents).
+            `TF_CONFIG` environment variable as TensorFlow documents;
+            `training.run` trains under it with `loop.DistributedLoop`).
         cpu_replicas: logical CPU devices for `mirrored` without GPUs. They
             share the same cores: this makes the multi-replica path run and
             testable anywhere, not faster.

@@ -20,15 +20,17 @@ tests. Layout of a run directory:
     .lock             `run_lock.RunLock`'s file: one run at a time in the directory
 """
 
+import contextlib
 import dataclasses
 import functools
 import shutil
+import tempfile
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from cgan_keras import artifacts, data, distribute, export, models, plot, run_lock, speed
+from cgan_keras import artifacts, data, distribute, export, loop, models, plot, run_lock, speed
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EpochTensorBoard,
@@ -181,6 +183,12 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     signal finishes its step, saves the checkpoint, exports the generator
     trained so far, then raises `Interrupted`.
 
+    Under a `MultiWorkerMirroredStrategy` every worker calls `run` with the
+    same arguments and trains through `loop.DistributedLoop` (Keras' `fit`
+    fails there). Only the chief (worker 0) writes to `config.out`; the other
+    workers resume from the chief's checkpoint (so `config.out` must be
+    readable by all) and save to a temporary directory deleted at the end.
+
     First the run settles XLA and the precision policy (`speed.choose`;
     with `--jit-compile auto` and at least `speed.MEASURE_MIN_STEPS` steps it
     times both ways on throwaway models) and records them in
@@ -208,6 +216,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
 
     Raises:
         Interrupted: SIGINT or SIGTERM arrived.
+        loop.WorkerLost: another worker stopped (multi-worker training only).
         TrainingDiverged: the loss became NaN or infinite; the last
             checkpoint (from before) is kept and nothing is exported.
         CheckpointError: `resume`, and no checkpoint can be read.
@@ -215,22 +224,35 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
             disk); the complete artifacts from before are kept.
     """
     out = Path(config.out)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    chief = loop.is_chief(strategy)
     # Timed before the seed is set: the throwaway models' draws do not shift the run's.
     choice = speed.choose(
-        config, functools.partial(_time_step, config, images, labels, strategy), out / "speed.json", resume
+        # Timing runs `fit`, which fails with several workers, and each worker
+        # would time for itself: there `auto` means off, the same on every worker.
+        dataclasses.replace(config, jit_compile="off") if multiworker and config.jit_compile == "auto" else config,
+        functools.partial(_time_step, config, images, labels, strategy),
+        out / "speed.json" if chief else None,
+        resume,
     )
     log = log or (lambda line: None)
     log(choice.summary())
     keras.utils.set_random_seed(config.seed)
     gan = build_gan(config, strategy, jit_compile=choice.jit_compile, policy=choice.policy)
-    checkpoint = RunCheckpoint(out / "checkpoints")
-    restored = checkpoint.restore(gan) if resume else None
+    # Every worker resumes from the chief's checkpoints (the run directory must be shared storage).
+    resumed_from = RunCheckpoint(out / "checkpoints")
+    restored = resumed_from.restore(gan) if resume else None
     done = global_step(gan)
     if restored:
-        skipped = "".join(f"; skipped unreadable {path.name} ({problem})" for path, problem in checkpoint.skipped)
+        skipped = "".join(f"; skipped unreadable {path.name} ({problem})" for path, problem in resumed_from.skipped)
         log(f"resuming from {restored} (step {done}){skipped}")
-    dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
-    with GracefulStop() as stop:
+    if multiworker:
+        fit = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed).fit
+    else:
+        dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
+        fit = functools.partial(gan.fit, dataset, shuffle=False)  # make_dataset shuffles with the run's seed
+    with GracefulStop() as stop, _writable_directory(out, chief) as out:
+        checkpoint = RunCheckpoint(out / "checkpoints")
         evaluations = (
             [EvaluationCallback(judge, config.eval_every, seed=config.seed)] if judge and config.eval_every else []
         )
@@ -244,17 +266,17 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
             stop,
             *callbacks,
         ]
+        if not chief:  # the same steps and saves; the run's other artifacts are the chief's
+            fit_callbacks = [DivergenceGuard(), checkpoint, stop]
         for initial_epoch, epochs, steps_per_epoch in _epochs_to_run(done, config.steps, config.log_every):
             if stop.received:
                 break
-            gan.fit(
-                dataset,
+            fit(
                 initial_epoch=initial_epoch,
                 epochs=epochs,
                 steps_per_epoch=steps_per_epoch,
                 callbacks=fit_callbacks,
-                shuffle=False,  # make_dataset shuffles with the run's seed
-                verbose=verbose,
+                verbose=verbose if chief else 0,
             )
         export.export_generator(gan, out / "generator")
         export.export_serving(out / "generator", out / "serving" / "cgan")
@@ -266,11 +288,28 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         if stop.received:
             raise Interrupted(stop.received)
         results = None
-        if judge is not None:
+        if judge is not None and chief:
             results = report.evaluate_and_save(
                 DigitSampler.from_gan(gan), judge, out / "eval.json", seed=config.seed, data=config.data
             )
     return gan, results
+
+
+@contextlib.contextmanager
+def _writable_directory(out, chief):
+    """Yields where this process writes: `out` on the chief; elsewhere a temporary directory, deleted after.
+
+    As in TensorFlow's multi-worker guide, every worker saves (a save may
+    need them all), the others away from the chief's files.
+    """
+    if chief:
+        yield out
+        return
+    temporary = Path(tempfile.mkdtemp(prefix="cgan-worker-"))
+    try:
+        yield temporary
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _time_step(config, images, labels, strategy, jit_compile, policy):

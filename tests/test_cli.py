@@ -1,5 +1,6 @@
 """train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
 
+import io
 import json
 import os
 import resource
@@ -9,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -220,34 +223,100 @@ def test_train_on_two_mirrored_cpu_replicas(trained_run):
     assert (work / "mirrored" / "generator" / "saved_model.pb").exists()
 
 
-def test_multiworker_is_blocked_upstream(trained_run):
-    """Documents keras-team/keras#20585: Keras 3 `fit` under MultiWorkerMirroredStrategy fails.
+def start_workers(*args, cwd, count=2):
+    """Starts `count` train.py workers of one cluster on free loopback ports.
 
-    Two real workers on loopback. When this starts failing, upstream has fixed the
-    breakage: make it assert success and update the README.
+    Each worker has its own TMPDIR under `cwd`, and writes its output to files
+    there: a full pipe would block it, and with it every other worker.
     """
+    probes = [socket.socket() for _ in range(count)]
+    for probe in probes:  # all bound at once, so the ports differ
+        probe.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{probe.getsockname()[1]}" for probe in probes]}
+    for probe in probes:
+        probe.close()
+    workers = []
+    for index in range(count):
+        temporary = cwd / f"tmp_worker{index}"
+        temporary.mkdir(exist_ok=True)
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        with open(temporary / "stdout", "w") as stdout, open(temporary / "stderr", "w") as stderr:
+            worker = subprocess.Popen(
+                [sys.executable, str(ROOT / "train.py"), *args, "--strategy", "multiworker"],
+                stdout=stdout,
+                stderr=stderr,
+                text=True,
+                cwd=cwd,
+                env={**os.environ, "TF_CONFIG": json.dumps(task), "TMPDIR": str(temporary)},
+            )
+        worker.temporary = temporary
+        workers.append(worker)
+    return workers
+
+
+def finish(workers, timeout=600):
+    """Waits for every worker; returns `(worker, stdout, stderr)` of each, killing them all on a timeout."""
+    try:
+        for worker in workers:
+            worker.wait(timeout=timeout)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return [(worker, (worker.temporary / "stdout").read_text(), (worker.temporary / "stderr").read_text())
+            for worker in workers]  # fmt: skip
+
+
+def checkpoint_weights(path):
+    """Every array of a checkpoint (a `.keras` zip whose `model.weights.h5` holds the state), by its path."""
+    arrays = {}
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as file:
+        file.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def test_two_workers_train_like_one_process(trained_run):
     work, _ = trained_run
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *TINY_TRAIN, "--strategy", "multiworker", "--out", f"worker{i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=work,
-            env={**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})},
-        )
-        for i in range(2)
-    ]
-    for worker in workers:
-        _, stderr = worker.communicate(timeout=240)
-        assert worker.returncode != 0
-        assert "Attempt to convert a value (PerReplica" in stderr
+    args = [*TINY_TRAIN, "--steps", "20", "--log-every", "10", "--sample-every", "10"]
+    workers = start_workers(*args, "--out", "workers", cwd=work)
+    single = run("train.py", *args, "--out", "single", cwd=work)
+    assert single.returncode == 0, single.stderr
+    digests = []
+    for worker, stdout, stderr in finish(workers):
+        assert worker.returncode == 0, stderr
+        assert "2 replica(s)" in stdout
+        digests.append(next(line for line in stdout.splitlines() if line.startswith("weights sha256")))
+    assert digests[0] == digests[1] and digests[0].endswith("at step 20")
+    assert sorted(p.name for p in (work / "workers").iterdir()) == sorted(p.name for p in (work / "single").iterdir())
+    samples = sorted(p.name for p in (work / "workers" / "samples").iterdir())
+    assert samples == sorted(p.name for p in (work / "single" / "samples").iterdir()) and "step_000020.png" in samples
+    assert [line.split(",")[1] for line in (work / "workers" / "history.csv").read_text().splitlines()] == [
+        "step", "10", "20"]  # fmt: skip
+    assert sorted(p.name for p in (work / "tmp_worker1").iterdir()) == ["stderr", "stdout"]  # its saves are gone
+    expected = checkpoint_weights(work / "single" / "checkpoints" / "step_000020.keras")
+    actual = checkpoint_weights(work / "workers" / "checkpoints" / "step_000020.keras")
+    assert actual.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(actual[name], value, atol=1e-4, err_msg=name)
+
+
+def test_a_killed_worker_stops_its_peer_and_both_resume(trained_run):
+    work, _ = trained_run
+    args = [*TINY_TRAIN, "--steps", "400", "--log-every", "20", "--sample-every", "100", "--out", "killed_workers"]
+    chief, other = start_workers(*args, cwd=work)
+    wait_for(work / "killed_workers" / "checkpoints" / "step_000020.keras", chief, timeout=300)
+    other.kill()
+    (_, _, stderr), _ = finish([chief, other], timeout=120)
+    assert chief.returncode == 1
+    assert "lost contact with another worker" in stderr.splitlines()[-1] and "Traceback" not in stderr
+    assert not (work / "killed_workers" / "generator").exists()
+
+    for worker, _, stderr in finish(start_workers(*args, "--resume", cwd=work)):
+        assert worker.returncode == 0, stderr
+    steps = [line.split(",")[1] for line in (work / "killed_workers" / "history.csv").read_text().splitlines()[1:]]
+    assert steps == [str(step) for step in range(20, 401, 20)]
+    assert (work / "killed_workers" / "samples" / "step_000400.png").exists()
 
 
 def test_infer_streams_a_large_count_and_shows_the_first_hundred(trained_run):
