@@ -128,7 +128,7 @@ def main(argv=None):
     print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     images, labels = data.load_data(data.resolve_source(args.data))
     judge = judges.load_judge(args.judge)
-    floors = report.real_floors(judge)
+    floors = judge.floors
     print(f"data: {args.data} ({len(images):,} digits); judge {judge.accuracy:.2%}")
     print(f"real-vs-real floors: FID {floors['fid_floor']:.3f}, intra-class FID {floors['intra_fid_floor']:.3f}, "
           f"precision {floors['precision_floor']:.3f}, recall {floors['recall_floor']:.3f}")  # fmt: skip

@@ -137,7 +137,7 @@ def test_the_shipped_judge_is_accurate_and_has_its_reference(judge):
     assert reference["features_a"].shape == reference["features_b"].shape == (5000, 128)
     # Alternate digits of each class: the halves' class counts differ by one at most.
     assert np.abs(np.bincount(reference["labels_a"]) - np.bincount(reference["labels_b"])).max() <= 1
-    floors = report.real_floors(judge)
+    floors = judge.floors
     assert 0 < floors["fid_floor"] < 2 and 0.8 < floors["precision_floor"] <= 1 and 0.8 < floors["recall_floor"] <= 1
 
 

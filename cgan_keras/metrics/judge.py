@@ -18,12 +18,15 @@ The judge sees float32 images `(N, 28, 28, 1)` in [0, 1], the exported
 generator's range.
 """
 
+import functools
 import json
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
+
+from cgan_keras.metrics import scores
 
 FILES = Path(__file__).with_name("judge_files")
 BATCH_SIZE = 1000
@@ -68,6 +71,24 @@ class Judge:
         self.accuracy = info["held_out_accuracy"]
         features = classifier.get_layer(FEATURES_LAYER).output
         self._features_and_probabilities = keras.Model(classifier.input, [features, classifier.output])
+
+    @functools.cached_property
+    def floors(self):
+        """The scores of real half B against real half A, what a perfect generator would get.
+
+        A dict: `fid_floor`, `intra_fid_floor`, `precision_floor`, `recall_floor`;
+        computed on first use (a few seconds), then kept.
+        """
+        features_a, features_b = self.reference["features_a"], self.reference["features_b"]
+        precision, recall = scores.precision_recall(features_a, features_b)
+        return {
+            "fid_floor": scores.frechet_distance(features_a, features_b),
+            "intra_fid_floor": scores.intra_class_frechet_distance(
+                features_a, self.reference["labels_a"], features_b, self.reference["labels_b"]
+            ),
+            "precision_floor": precision,
+            "recall_floor": recall,
+        }
 
     def predict(self, images):
         """Images float32 `(N, H, W, C)` in [0, 1] -> `(features, probabilities)`,

@@ -27,26 +27,6 @@ KEYS = (
 )
 
 
-def real_floors(judge):
-    """The scores of real half B against real half A: what a perfect generator would get.
-
-    Computed once per judge (a few seconds) and kept on it.
-    """
-    if getattr(judge, "_floors", None) is None:
-        reference = judge.reference
-        features_a, features_b = reference["features_a"], reference["features_b"]
-        precision, recall = scores.precision_recall(features_a, features_b)
-        judge._floors = {
-            "fid_floor": scores.frechet_distance(features_a, features_b),
-            "intra_fid_floor": scores.intra_class_frechet_distance(
-                features_a, reference["labels_a"], features_b, reference["labels_b"]
-            ),
-            "precision_floor": precision,
-            "recall_floor": recall,
-        }
-    return judge._floors
-
-
 def evaluate_generator(sampler, judge, per_class=1000, seed=0):
     """Scores a generator against the real digits the judge never trained on.
 
@@ -84,7 +64,7 @@ def evaluate_generator(sampler, judge, per_class=1000, seed=0):
     fake_features = features[len(asked) :]
     worst_class = int(np.argmin(per_class_accuracy))
     precision, recall = scores.precision_recall(reference["features_a"], fake_features)
-    floors = real_floors(judge)
+    floors = judge.floors
     fid = scores.frechet_distance(reference["features_a"], fake_features)
     return {
         "label_accuracy": accuracy,

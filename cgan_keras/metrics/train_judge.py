@@ -104,10 +104,9 @@ def save_judge(classifier, reference, info, directory):
     import numpy as np
 
     from cgan_keras.artifacts import atomic_path
-
-    directory = Path(directory)
     from cgan_keras.metrics.judge import build_judge
 
+    directory = Path(directory)
     # The weights alone, without the optimizer's state: a third of the size.
     weights_only = build_judge(classifier.input_shape[1:], classifier.output_shape[-1])
     weights_only.set_weights(classifier.get_weights())
@@ -126,15 +125,16 @@ def main(argv=None):
     from cgan_keras.metrics.judge import FILES
 
     try:
-        images, labels = data.load_data(data.resolve_source(args.data))
+        source = data.resolve_source(args.data)
+        images, labels = data.load_data(source)
     except data.DataError as error:
         fail(str(error))
     if len(images) < 2 * HELD_OUT:
         fail(f"--data {args.data} holds {len(images):,} digits; the judge needs at least {2 * HELD_OUT:,}.")
     classifier, reference, info = train_judge(images, labels, args.epochs, args.seed)
-    if args.data not in ("mnist",):
-        info["sha256"] = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
-    info["data"] = Path(args.data).name
+    if Path(source).is_file():  # `auto` may resolve to a file; `mnist` is Keras' download
+        info["sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    info["data"] = Path(source).name
     out = Path(args.out) if args.out else FILES
     save_judge(classifier, reference, info, out)
     print(f"judge: {info['held_out_accuracy']:.2%} on {HELD_OUT:,} held-out digits; wrote {out}/")
