@@ -16,7 +16,6 @@ mistakes exit with code 2 and one line on stderr.
 import contextlib
 import functools
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,7 @@ def load_sampler(path):
         fail(f"--model {path} is not a directory; expected a SavedModel or a .onnx file exported by train.py")
     # Imported once the arguments are checked, and only for a SavedModel:
     # TensorFlow takes ~5 s to import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import export
 
     try:

@@ -15,7 +15,6 @@ User mistakes exit with code 2 and one line on stderr.
 
 import argparse
 import functools
-import os
 from pathlib import Path
 
 from cgan_keras import cli
@@ -45,7 +44,7 @@ def main(argv=None):
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import export
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report

@@ -17,7 +17,6 @@ import argparse
 import functools
 import hashlib
 import math
-import os
 import time
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def save_judge(classifier, reference, info, directory):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import data
     from cgan_keras.metrics.judge import FILES
 
