@@ -497,3 +497,44 @@ def test_sigkill_during_the_export_leaves_the_old_or_the_new_generator_and_resum
     np.testing.assert_array_equal(seen["gan.keras:staged"], new)
     assert not list(out.rglob("*.partial"))  # what the kills left, the last resume removed
     assert json.loads((out / "eval.json").read_text())["label_accuracy"] >= 0
+
+
+def test_evaluate_cli_writes_eval_json_beside_the_model(trained_run, capsys):
+    from cgan_keras import evaluate
+
+    work, _ = trained_run
+    model = work / "run" / "generator"
+    out = work / "evaluated.json"
+    evaluate.main(["--model", str(model), "--per-class", "5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "judge: the fixed MNIST judge" in printed and "real-vs-real floor" in printed
+    record = json.loads(out.read_text())
+    assert record["model"] == str(model) and record["generated"] == 50 and record["fid_samples"] == 5000
+    assert record["fid"] > record["fid_floor"] > 0 and 0 <= record["recall"] <= 1
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--per-class", "0"], "--per-class must be a positive integer. Received: --per-class 0"),
+        ([], "Expected a SavedModel directory (with saved_model.pb)"),
+    ],
+)
+def test_evaluate_cli_reports_user_mistakes_in_one_line(trained_run, tmp_path, capsys, arguments, message):
+    from cgan_keras import evaluate
+
+    work, _ = trained_run
+    model = work / "run" / "generator" if arguments else tmp_path  # an empty directory is no SavedModel
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--model", str(model), *arguments])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m cgan_keras.evaluate: error: ") and message in line
+
+
+def test_evaluate_cli_exits_2_with_one_line_for_a_missing_model(tmp_path):
+    command = [sys.executable, "-m", "cgan_keras.evaluate", "--model", str(tmp_path / "missing")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
