@@ -5,6 +5,7 @@ Examples:
     python -m cgan_keras.evaluate --model saved_models/cgan/generator
     python -m cgan_keras.evaluate --model saved_models/cgan/generator --per-class 200
     python -m cgan_keras.evaluate --model saved_models/cgan/generator --seed 1 --out eval_seed1.json
+    python -m cgan_keras.evaluate --model saved_models/cgan/generator --truncation 0.7 --out eval_t07.json
 
 Every generator, whatever data it was trained on, is scored by the same judge
 against the same 5,000 held-out real MNIST digits (see cgan_keras/metrics/judge.py),
@@ -32,6 +33,7 @@ def parse_args(argv):
     parser.add_argument("--model", required=True, default=argparse.SUPPRESS, help="generator SavedModel directory")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits of each class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator's noise")
+    parser.add_argument("--truncation", type=float, help="noise from a normal truncated at +-T (T > 0); None: none")
     parser.add_argument("--out", help="JSON file for the results; None means eval.json beside the model directory")
     return parser.parse_args(argv)
 
@@ -40,6 +42,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.per_class < 1:
         fail(f"--per-class must be a positive integer. Received: --per-class {args.per_class}")
+    if args.truncation is not None and not args.truncation > 0:
+        fail(f"--truncation must be a positive number. Received: --truncation {args.truncation}")
     if not Path(args.model).is_dir():
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")
@@ -57,7 +61,9 @@ def main(argv=None):
     judge = judges.load_judge()
     print(f"judge: the fixed MNIST judge ({judge.accuracy:.2%} on {judge.info['held_out']:,} held-out digits)")
     try:
-        results = report.evaluate_and_save(sampler, judge, out, args.per_class, args.seed, model=str(args.model))
+        results = report.evaluate_and_save(
+            sampler, judge, out, args.per_class, args.seed, args.truncation, model=str(args.model)
+        )
     except OSError as error:
         fail(f"cannot write --out {out}: {error.strerror}")
     print(report.format_table(results))

@@ -3,6 +3,7 @@
 import re
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -29,6 +30,17 @@ def _serving_function(gan, generator=None):
     return serve
 
 
+def _condition_function(generator):
+    """`on_condition(condition float32 [N, num_classes], noise) -> {"images": ...}`: a weighted one-hot in."""
+    on_condition = models.with_condition_input(generator)
+
+    def serve(condition, noise):
+        images = on_condition([condition, noise], training=False)
+        return {"images": to_unit_range(tf.cast(images, tf.float32))}
+
+    return serve
+
+
 def _serving_signature(gan):
     return [
         tf.TensorSpec([None], tf.int32, name="digit"),
@@ -36,10 +48,17 @@ def _serving_signature(gan):
     ]
 
 
+def _condition_signature(gan):
+    return [
+        tf.TensorSpec([None, gan.num_classes], tf.float32, name="condition"),
+        tf.TensorSpec([None, gan.latent_dim], tf.float32, name="noise"),
+    ]
+
+
 def export_generator(gan, path):
     """Writes `gan.inference_generator` (the EMA generator, if any) as a SavedModel needing no Keras or cgan_keras.
 
-    Two signatures, both returning `images` float32 `[None, H, W, C]` in [0, 1]:
+    Three signatures, each returning `images` float32 `[None, H, W, C]` in [0, 1]:
 
     - `serving_default`: `digit` int32 `[None]` and `noise` float32
       `[None, latent_dim]`.
@@ -47,6 +66,8 @@ def export_generator(gan, path):
       drawn inside the graph with `tf.random.stateless_normal(seed=[seed, 0])`,
       so a client (e.g. TF Serving over REST) sends only digits and a seed.
       These are not the images of `infer.py --seed` (numpy draws that noise).
+    - `condition`: `condition` float32 `[None, num_classes]` (a one-hot, or a
+      weighted one between digits) and `noise`; see `models.with_condition_input`.
 
     BatchNorm runs in inference mode. No device is baked in, so the
     SavedModel loads with `tf.saved_model.load(path)` on a machine with or
@@ -81,6 +102,9 @@ def export_generator(gan, path):
         fn=generate,
         input_signature=[tf.TensorSpec([None], tf.int32, name="digit"), tf.TensorSpec([], tf.int64, name="seed")],
     )
+    archive.add_endpoint(
+        name="condition", fn=_condition_function(gan.inference_generator), input_signature=_condition_signature(gan)
+    )
     archive.add_variable_collection("num_classes", [tf.Variable(gan.num_classes, trainable=False, name="num_classes")])
     with atomic_path(path, directory=True) as temporary:
         try:
@@ -113,8 +137,11 @@ def export_onnx(gan, path):
     Inputs `digit` int32 `[N]` and `noise` float32 `[N, latent_dim]`; output
     `images` float32 `[N, H, W, C]` in [0, 1], as the SavedModel's
     `serving_default`, with BatchNorm in inference mode, computed in float32
-    whatever the training's dtype policy. Metadata
-    `latent_dim` and `num_classes` are recorded. Written atomically.
+    whatever the training's dtype policy. The graph's first node one-hot
+    encodes `digit` into the tensor `condition` float32 `[N, num_classes]`;
+    cut there (`sampler.DigitSampler.from_onnx` does), the rest of the graph
+    is the SavedModel's `condition` signature. Metadata `latent_dim` and
+    `num_classes` are recorded. Written atomically.
 
     Args:
         gan: a `ConditionalGAN` (anything with `.inference_generator`, `.latent_dim` and `.num_classes`).
@@ -131,15 +158,38 @@ def export_onnx(gan, path):
     # Imported here: tf2onnx takes a second to import and only exporting needs it.
     import tf2onnx
 
-    signature = _serving_signature(gan)
-    function = tf.function(_serving_function(gan, _float32_copy(gan.inference_generator)), input_signature=signature)
+    signature = _condition_signature(gan)
+    function = tf.function(_condition_function(_float32_copy(gan.inference_generator)), input_signature=signature)
     model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
+    _feed_condition_from_digit(model.graph, gan.num_classes)
     for key, value in {"latent_dim": gan.latent_dim, "num_classes": gan.num_classes}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     with atomic_path(path) as temporary:
         temporary.write_bytes(model.SerializeToString())
     return Path(path)
+
+
+def _feed_condition_from_digit(graph, num_classes):
+    """Replaces the graph input `condition` by an input `digit` int32 `[N]` and a OneHot node that makes it."""
+    from onnx import TensorProto, helper
+
+    condition = next(tensor for tensor in graph.input if tensor.name == "condition")
+    noise = next(tensor for tensor in graph.input if tensor.name == "noise")
+    digit = helper.make_tensor_value_info("digit", TensorProto.INT32, [None])
+    digit.type.tensor_type.shape.dim[0].CopyFrom(noise.type.tensor_type.shape.dim[0])  # the same batch size N
+    graph.value_info.append(condition)  # kept, so that the cut point stays described
+    graph.input.remove(condition)
+    graph.input.insert(0, digit)
+    graph.initializer.extend(
+        [
+            helper.make_tensor("one_hot_depth", TensorProto.INT32, [], [num_classes]),
+            helper.make_tensor("one_hot_values", TensorProto.FLOAT, [2], [0.0, 1.0]),
+        ]
+    )
+    graph.node.insert(
+        0, helper.make_node("OneHot", ["digit", "one_hot_depth", "one_hot_values"], ["condition"], axis=-1)
+    )
 
 
 def _float32_copy(network):
@@ -168,6 +218,15 @@ class SavedModelError(ValueError):
     """A path is not a generator SavedModel with the `serving_default` signature of `export_generator`."""
 
 
+class LoadedGenerator(NamedTuple):
+    """A SavedModel from `export_generator`, loaded by `load_generator`."""
+
+    serve: object  # `serving_default`: serve(digit=int32 [N], noise=float32 [N, latent_dim])["images"]
+    latent_dim: int
+    num_classes: int
+    condition: object  # the `condition` signature, or None for SavedModels exported before it existed
+
+
 def load_generator(path):
     """Loads a SavedModel written by `export_generator`, with plain TensorFlow.
 
@@ -175,10 +234,10 @@ def load_generator(path):
         path: the SavedModel directory.
 
     Returns:
-        `(serve, latent_dim, num_classes)`: the `serving_default` concrete
-        function (`serve(digit=int32 [N], noise=float32 [N, latent_dim])["images"]`),
-        the noise length it expects and the number of digit classes
-        (`models.NUM_CLASSES` for SavedModels exported before it was recorded).
+        A `LoadedGenerator`: the `serving_default` concrete function, the
+        noise length it expects, the number of digit classes
+        (`models.NUM_CLASSES` for SavedModels exported before it was recorded)
+        and the `condition` concrete function (or None).
 
     Raises:
         SavedModelError: the path is not a SavedModel, or lacks that signature.
@@ -199,4 +258,4 @@ def load_generator(path):
         )
     recorded = getattr(loaded, "num_classes", None)
     num_classes = int(recorded[0].numpy()) if recorded else models.NUM_CLASSES
-    return serve, int(inputs["noise"].shape[-1]), num_classes
+    return LoadedGenerator(serve, int(inputs["noise"].shape[-1]), num_classes, loaded.signatures.get("condition"))

@@ -8,32 +8,46 @@ from matplotlib.figure import Figure
 from cgan_keras.artifacts import atomic_path
 
 
-def save_grid(path, images, digits, columns=3, title=None):
+def save_grid(path, images, captions, columns=3, title=None):
     """Writes `images` as a grid of captioned tiles to the PNG file `path`.
 
-    Uses a bare `Figure` (Agg canvas), never pyplot, so it needs no display
-    and leaves no global state behind.
+    The tiles are laid out as one array and drawn as one image with a text
+    per caption (about 25 ms; a subplot per tile costs ~8x that, paid every
+    100 steps of a run). A bare `Figure` (Agg canvas), never pyplot, so it
+    needs no display and leaves no global state behind.
 
     Args:
         path: destination `.png`; written atomically.
         images: float32 `(N, H, W, 1)` or `(N, H, W)` in [0, 1].
-        digits: int `(N,)`, the digit asked for in each tile (its caption).
+        captions: `N` captions, one per tile (e.g. the digit asked for); `str()` of each is drawn above it.
         columns: tiles per row; rows follow from `N`.
         title: optional line above the grid.
     """
     images = np.asarray(images)
-    rows = math.ceil(len(images) / columns)
-    figure = Figure(figsize=(columns * 0.9, rows * 1.0 + (0.3 if title else 0.0)), dpi=100)
+    images = images[..., 0] if images.ndim == 4 else images
+    count, height, width = images.shape
+    rows = math.ceil(count / columns)
+    gap, band = 2, 10  # pixels between tiles, and of the caption above each tile
+    cell_height, cell_width = band + height + gap, width + gap
+    canvas = np.ones((rows * cell_height, columns * cell_width), np.float32)  # white
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + band, column * cell_width + gap // 2
+        canvas[top : top + height, left : left + width] = image
+    inches_per_pixel = 0.9 / cell_width
+    title_inches = 0.3 if title else 0.0
+    figure = Figure(figsize=(canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + title_inches))
+    axes = figure.add_axes((0, 0, 1, 1 - title_inches / figure.get_figheight()))
+    axes.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    axes.axis("off")
+    for index, caption in enumerate(captions):
+        row, column = divmod(index, columns)
+        axes.text((column + 0.5) * cell_width - 0.5, row * cell_height + band / 2, str(caption),
+                  ha="center", va="center", fontsize=7)  # fmt: skip
     if title:
-        figure.suptitle(title, fontsize=9)
-    for index, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-        axes.axis("off")
-        if index < len(images):
-            axes.imshow(images[index].squeeze(-1) if images.ndim == 4 else images[index], cmap="gray", vmin=0, vmax=1)
-            axes.set_title(str(int(digits[index])), fontsize=8, pad=2)
-    figure.tight_layout(pad=0.3)
+        figure.suptitle(title, fontsize=9, y=1 - 0.5 * title_inches / figure.get_figheight(), va="center")
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
+        figure.savefig(temporary, format="png", dpi=100)
 
 
 def tile(images, columns):

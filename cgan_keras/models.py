@@ -1,8 +1,9 @@
 """The generator and discriminator networks, as functional Keras models.
 
 Both take the digit as an int32 index and one-hot encode it inside the graph,
-so every caller (training, `generate`, the exported SavedModel) feeds the same
-`digit` input and none can get the encoding wrong.
+so every caller (training, the sampler, the exports) feeds the same `digit`
+input and none can get the encoding wrong; `with_condition_input` opens the
+generator at that point for a weighted one-hot (interpolation).
 
 Why these sizes: on 2 CPU cores the step time is dominated by the 7x7 -> 14x14
 transposed convolution and the discriminator's first two convolutions, so
@@ -10,6 +11,8 @@ the default networks keep two stride-2 stages with modest widths
 (generator 128 -> 64 channels, discriminator 64 -> 128) and no layer wider
 than it needs to be; `benchmarks/train_speed.py` measures the trade-off.
 """
+
+import warnings
 
 import keras
 from keras import layers
@@ -85,6 +88,48 @@ def build_generator(
     x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="to_image")(x)
     image = layers.Activation("tanh", dtype="float32", name="image")(x)
     return keras.Model({"digit": digit, "noise": noise}, image, name=name)
+
+
+def with_condition_input(generator):
+    """The same generator, fed a condition vector where it one-hot encodes the digit.
+
+    The returned model shares `generator`'s layers and weights (training one
+    trains the other). A one-hot row gives the digit's images exactly; a
+    weighted one, e.g. `0.7 * one_hot(3) + 0.3 * one_hot(8)`, an image between
+    two digits, which is how `infer.py --interpolate` morphs one into another.
+
+    Args:
+        generator: a model from `build_generator` (it has the `digit_one_hot` layer).
+
+    Returns:
+        A `keras.Model` with inputs `[condition float32 (N, num_classes),
+        noise float32 (N, latent_dim)]` and `generator`'s output.
+
+    Raises:
+        ValueError: `generator` has no `noise` input or no `digit_one_hot` layer.
+    """
+    layer_names = {layer.name for layer in generator.layers}
+    if "digit_one_hot" not in layer_names or "noise" not in layer_names:
+        raise ValueError(
+            "Expected a generator from `build_generator`, with a `noise` input and a `digit_one_hot` layer. "
+            f"Received: {generator.name!r}"
+        )
+    condition = keras.Input(shape=(generator.get_layer("digit_one_hot").num_tokens,), name="condition")
+    noise = keras.Input(shape=generator.input["noise"].shape[1:], name="noise")
+
+    def share_layer(layer):
+        # The generator's own layers, called on the new inputs (shared, as layers of two models are);
+        # the one-hot encoding gives way to the condition. Cutting the generator's graph at the
+        # one-hot tensor instead would leave it unable to save.
+        return layers.Identity(name="condition_as_one_hot") if layer.name == "digit_one_hot" else layer
+
+    with warnings.catch_warnings():
+        # clone_model keeps the input dict's key `digit` for the tensor named `condition`, and says so.
+        warnings.filterwarnings("ignore", message="When providing `inputs` as a dict")
+        rewired = keras.models.clone_model(
+            generator, input_tensors={"digit": condition, "noise": noise}, clone_function=share_layer
+        )
+    return keras.Model([condition, noise], rewired.output, name=f"{generator.name}_on_condition")
 
 
 def _with_digit_map(x, one_hot, name):

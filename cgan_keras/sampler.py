@@ -73,6 +73,9 @@ class DigitSampler:
         latent_dim: length of the noise vector.
         image_shape: `(H, W, C)` of the images.
         num_classes: digits are ints in `[0, num_classes)`.
+        on_condition: optional `on_condition(condition float32 (n, num_classes),
+            noise)` -> images like `forward`'s, for a weighted one-hot
+            condition (`interpolate`); `None` where the model has no such input.
 
     Example:
 
@@ -80,8 +83,9 @@ class DigitSampler:
     >>> sevens = sampler([7] * 9, seed=0)  # float32 (9, 28, 28, 1) in [0, 1]
     """
 
-    def __init__(self, forward, latent_dim, image_shape, num_classes):
+    def __init__(self, forward, latent_dim, image_shape, num_classes, on_condition=None):
         self.forward = forward
+        self.on_condition = on_condition
         self.latent_dim = int(latent_dim)
         self.image_shape = tuple(int(size) for size in image_shape)
         self.num_classes = int(num_classes)
@@ -137,6 +141,36 @@ class DigitSampler:
         ]
         return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
 
+    def interpolate(self, start, end, frames, count, seed=None, truncation=None):
+        """Morphs digit `start` into digit `end`, for `count` fixed noise vectors.
+
+        Frame `j` of row `i` is generated from noise `i` (the rows of
+        `sample_noise(count, latent_dim, seed, truncation)`) and the condition
+        `(1 - t) * one_hot(start) + t * one_hot(end)`, `t = j / (frames - 1)`:
+        the first frame is `start` as `__call__` draws it, the last `end`.
+
+        Returns:
+            numpy float32 `(count, frames, H, W, C)` in [0, 1].
+
+        Raises:
+            ValueError: a digit out of range, `frames < 2`, `count < 1`, or a
+                model without a condition input (`on_condition` is None).
+        """
+        self._check_digits([start, end])
+        if frames < 2 or count < 1:
+            raise ValueError(f"Expected frames >= 2 and count >= 1. Received: frames={frames}, count={count}")
+        if self.on_condition is None:
+            raise ValueError("This model has no condition input to interpolate with; export it again with train.py.")
+        weights = np.linspace(0.0, 1.0, frames, dtype=np.float32)[:, None]
+        one_hot = np.eye(self.num_classes, dtype=np.float32)
+        conditions = np.tile((1 - weights) * one_hot[start] + weights * one_hot[end], (count, 1))
+        noise = np.repeat(sample_noise(count, self.latent_dim, seed, truncation), frames, axis=0)
+        images = [
+            self.on_condition(conditions[first : first + BATCH_SIZE], noise[first : first + BATCH_SIZE])
+            for first in range(0, len(noise), BATCH_SIZE)
+        ]
+        return np.concatenate(images).reshape(count, frames, *self.image_shape)
+
     def _check_digits(self, digits):
         digits = np.asarray(digits, dtype=np.int32).reshape(-1)
         if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
@@ -153,24 +187,34 @@ class DigitSampler:
         """Wraps a generator network (inputs `digit`, `noise`; tanh output), run in inference mode."""
         import tensorflow as tf
 
+        from cgan_keras import models
+
         latent_dim = network.input["noise"].shape[-1]
-        # A compiled call with a fixed signature, traced once: eager calls cost
-        # ~7 ms per batch. Not predict_on_batch, which under tf.distribute
-        # splits and pads the batch.
-        inference = tf.function(
-            lambda digits, noise: to_unit_range(
-                tf.cast(network({"digit": digits, "noise": noise}, training=False), tf.float32)
-            ),
-            input_signature=[
+        on_condition = models.with_condition_input(network)
+
+        def compiled(network_call, first_input):
+            # A compiled call with a fixed signature, traced once: eager calls cost
+            # ~7 ms per batch. Not predict_on_batch, which under tf.distribute
+            # splits and pads the batch.
+            inference = tf.function(
+                lambda first, noise: to_unit_range(tf.cast(network_call(first, noise), tf.float32)),
+                input_signature=[first_input, tf.TensorSpec([None, latent_dim], tf.float32, name="noise")],
+            )
+            return lambda first, noise: inference(tf.constant(first), tf.constant(noise)).numpy()
+
+        return cls(
+            compiled(
+                lambda digits, noise: network({"digit": digits, "noise": noise}, training=False),
                 tf.TensorSpec([None], tf.int32, name="digit"),
-                tf.TensorSpec([None, latent_dim], tf.float32, name="noise"),
-            ],
+            ),
+            latent_dim,
+            network.output.shape[1:],
+            num_classes,
+            compiled(
+                lambda condition, noise: on_condition([condition, noise], training=False),
+                tf.TensorSpec([None, num_classes], tf.float32, name="condition"),
+            ),
         )
-
-        def forward(digits, noise):
-            return inference(tf.constant(digits), tf.constant(noise)).numpy()
-
-        return cls(forward, latent_dim, network.output.shape[1:], num_classes)
 
     @classmethod
     def from_saved_model(cls, path):
@@ -183,12 +227,18 @@ class DigitSampler:
 
         from cgan_keras import export
 
-        serve, latent_dim, num_classes = export.load_generator(path)
+        loaded = export.load_generator(path)
 
         def forward(digits, noise):
-            return serve(digit=tf.constant(digits), noise=tf.constant(noise))["images"].numpy()
+            return loaded.serve(digit=tf.constant(digits), noise=tf.constant(noise))["images"].numpy()
 
-        return cls(forward, latent_dim, serve.structured_outputs["images"].shape[1:], num_classes)
+        def on_condition(condition, noise):
+            return loaded.condition(condition=tf.constant(condition), noise=tf.constant(noise))["images"].numpy()
+
+        image_shape = loaded.serve.structured_outputs["images"].shape[1:]
+        return cls(
+            forward, loaded.latent_dim, image_shape, loaded.num_classes, on_condition if loaded.condition else None
+        )
 
     @classmethod
     def from_onnx(cls, path):
@@ -236,4 +286,30 @@ class DigitSampler:
         def forward(digits, noise):
             return session.run(["images"], {"digit": digits, "noise": noise})[0]
 
-        return cls(forward, inputs["noise"].shape[1], images.shape[1:], int(metadata["num_classes"]))
+        condition_sessions = []  # built on first use: only interpolation needs it, and `onnx` costs an import
+
+        def on_condition(condition, noise):
+            if not condition_sessions:
+                condition_sessions.append(_condition_session(path, session.get_providers()))
+            return condition_sessions[0].run(["images"], {"condition": condition, "noise": noise})[0]
+
+        return cls(forward, inputs["noise"].shape[1], images.shape[1:], int(metadata["num_classes"]), on_condition)
+
+
+def _condition_session(path, providers):
+    """An onnxruntime session of the generator ONNX file at `path`, cut at its `condition` tensor.
+
+    Raises:
+        ValueError: the file has no `condition` tensor (exported before it had one).
+    """
+    import onnx
+    import onnxruntime
+
+    try:
+        model = onnx.utils.Extractor(onnx.load(str(path))).extract_model(["condition", "noise"], ["images"])
+    except KeyError:
+        raise ValueError(
+            f"This ONNX file has no condition tensor to interpolate with; export it again with train.py. "
+            f"Received: path={str(path)!r}"
+        ) from None
+    return onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)

@@ -1,5 +1,6 @@
 """train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
 
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import tensorflow as tf
 from conftest import hold_lock, mount_tmpfs
 
 from cgan_keras import export
+from cgan_keras.sampler import DigitSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -120,6 +122,16 @@ def test_infer_with_onnx_never_imports_tensorflow_and_matches_the_saved_model(tr
     assert from_onnx.shape == (30, 28, 28, 1) and from_onnx.dtype == np.float32
     assert np.abs(from_onnx - from_saved_model).max() <= 1e-4
     assert (work / "onnx.png").stat().st_size > 0
+    # Interpolation too runs without TensorFlow, and draws what the SavedModel draws.
+    morph = subprocess.run(
+        [sys.executable, str(ROOT / "infer.py"), "--model", str(work / "run" / "generator.onnx"),
+         "--interpolate", "3", "8", "--frames", "6", "--count", "2", "--truncation", "0.8", "--npy", "morph.npy"],
+        capture_output=True, text=True, cwd=work, env=environment,
+    )  # fmt: skip
+    assert morph.returncode == 0, morph.stderr
+    assert "wrote morph_3_8.png (2 rows of 6 frames) and morph.npy" in morph.stdout
+    expected = DigitSampler.from_saved_model(work / "run" / "generator").interpolate(3, 8, 6, 2, 0, 0.8)
+    assert np.abs(np.load(work / "morph.npy") - expected.reshape(12, 28, 28, 1)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("damage", ["truncated", "wrong inputs"])
@@ -154,6 +166,7 @@ def test_infer_rejects_a_bad_onnx_file(trained_run, damage):
         ("infer.py", ["--digit", "x"], "--digit must be 0-9 or `all`"),
         ("infer.py", ["--digit", "3", "--count", "0"], "--count must be a positive integer"),
         ("infer.py", ["--digit", "3", "--model", "missing"], "--model missing is not a directory"),
+        ("infer.py", ["--interpolate", "3"], "argument --interpolate: expected 2 arguments"),
         ("train.py", ["--steps", "0"], "`steps` must be a positive integer. Received: steps=0"),
         ("train.py", ["--batch-size", "0"], "`batch_size` must be a positive integer"),
     ],
@@ -163,6 +176,45 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, script, args, messag
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--interpolate", "3", "11"], "--interpolate must be two digits 0-9. Received: --interpolate 3 11"),
+        (["--interpolate", "3", "8", "--frames", "0"], "--frames must be an integer >= 2. Received: --frames 0"),
+        (["--digit", "3", "--frames", "5"], "--frames goes with --interpolate A B"),
+        (["--digit", "3", "--truncation", "0"], "--truncation must be a positive number. Received: --truncation 0"),
+        (["--digit", "3", "--truncation", "-1"], "--truncation must be a positive number"),
+        (["--digit", "3", "--interpolate", "1", "2"], "argument --interpolate: not allowed with argument --digit"),
+    ],
+)
+def test_infer_rejects_bad_interpolation_and_truncation_values(capsys, args, message):
+    infer = import_script("infer.py")
+    with pytest.raises(SystemExit) as exit_info:
+        infer.parse_args(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_infer_truncation_reaches_the_noise(trained_run, capsys):
+    infer = import_script("infer.py")
+    work, _ = trained_run
+    model = work / "run" / "generator"
+    infer.main(["--model", str(model), "--digit", "4", "--count", "3", "--truncation", "0.5",
+                "--out", str(work / "t.png"), "--npy", str(work / "t.npy")])  # fmt: skip
+    assert "wrote" in capsys.readouterr().out
+    sampler = DigitSampler.from_saved_model(model)
+    np.testing.assert_allclose(np.load(work / "t.npy"), sampler([4, 4, 4], seed=0, truncation=0.5), atol=1e-6)
+    assert not np.allclose(np.load(work / "t.npy"), sampler([4, 4, 4], seed=0), atol=1e-3)
+
+
+def import_script(name):
+    """Imports a top-level script (`infer.py`) as a module, for in-process calls."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_infer_rejects_a_directory_that_is_not_a_generator(trained_run):
@@ -462,7 +514,7 @@ def test_sigkill_during_the_export_leaves_the_old_or_the_new_generator_and_resum
     noise = np.random.default_rng(0).standard_normal((10, 8), dtype=np.float32)
 
     def generator_images():
-        serve, _, _ = export.load_generator(out / "generator")  # raises unless it is a complete SavedModel
+        serve = export.load_generator(out / "generator").serve  # raises unless it is a complete SavedModel
         return serve(digit=tf.range(10), noise=tf.constant(noise))["images"].numpy()
 
     # A previous complete export: Ctrl-C after step 2's grid exports the generator of step 3.
@@ -517,6 +569,7 @@ def test_evaluate_cli_writes_eval_json_beside_the_model(trained_run, capsys):
     "arguments, message",
     [
         (["--per-class", "0"], "--per-class must be a positive integer. Received: --per-class 0"),
+        (["--truncation", "-0.5"], "--truncation must be a positive number. Received: --truncation -0.5"),
         ([], "Expected a SavedModel directory (with saved_model.pb)"),
     ],
 )

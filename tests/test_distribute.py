@@ -51,7 +51,7 @@ def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
     history = gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     export_generator(gan, tmp_path / "generator")
-    serve, latent_dim, _ = load_generator(tmp_path / "generator")
+    serve, latent_dim, *_ = load_generator(tmp_path / "generator")
     images = serve(digit=tf.constant([1, 2]), noise=tf.zeros([2, latent_dim]))["images"]
     assert images.dtype == tf.float32 and images.shape == (2, 28, 28, 1)
 

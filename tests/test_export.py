@@ -4,6 +4,7 @@ import sys
 
 import keras
 import numpy as np
+import onnx
 import onnxruntime
 import tensorflow as tf
 from conftest import LATENT_DIM, tiny_gan
@@ -115,7 +116,7 @@ def test_serving_layout_is_a_numbered_version_of_the_saved_model(tmp_path):
     path = export_generator(tiny_gan(), tmp_path / "generator")
     version = export_serving(path, tmp_path / "serving" / "cgan")
     assert version == tmp_path / "serving" / "cgan" / "1" and (version / "saved_model.pb").is_file()
-    assert set(tf.saved_model.load(str(version)).signatures) == {"serving_default", "generate"}
+    assert set(tf.saved_model.load(str(version)).signatures) == {"serving_default", "generate", "condition"}
     export_serving(path, tmp_path / "serving" / "cgan")  # a rerun replaces version 1 whole
     assert [child.name for child in (tmp_path / "serving" / "cgan").iterdir()] == ["1"]
 
@@ -123,6 +124,7 @@ def test_serving_layout_is_a_numbered_version_of_the_saved_model(tmp_path):
 def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
     gan = tiny_gan()
     session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
+    onnx.checker.check_model(onnx.load(tmp_path / "generator.onnx"), full_check=True)  # a valid graph, shapes too
     inputs = {tensor.name: (tensor.type, tensor.shape[1:]) for tensor in session.get_inputs()}
     assert inputs == {"digit": ("tensor(int32)", []), "noise": ("tensor(float)", [LATENT_DIM])}
     assert [(tensor.name, tensor.shape[1:]) for tensor in session.get_outputs()] == [("images", [28, 28, 1])]

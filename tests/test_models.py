@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -40,3 +41,25 @@ def test_discriminator_sees_the_image_with_the_broadcast_digit_and_outputs_one_l
 def test_generator_rejects_filters_that_do_not_fit_the_image():
     with pytest.raises(ValueError, match="Received: image_shape=.*filters="):
         models.build_generator(latent_dim=4, filters=(8, 8, 8, 8, 8))
+
+
+def test_the_condition_input_shares_the_generators_weights_and_matches_it_on_one_hot_rows(tmp_path):
+    generator = models.build_generator(latent_dim=6, filters=(8, 4))
+    on_condition = models.with_condition_input(generator)
+    assert len(on_condition.weights) == len(generator.weights)
+    assert all(a is b for a, b in zip(on_condition.weights, generator.weights, strict=True))
+    digits = np.array([3, 7], "int32")
+    noise = np.random.default_rng(1).standard_normal((2, 6)).astype("float32")
+    from_digits = np.asarray(generator({"digit": digits, "noise": noise}, training=False))
+    one_hot = np.eye(10, dtype="float32")[digits]
+    np.testing.assert_allclose(np.asarray(on_condition([one_hot, noise], training=False)), from_digits, atol=1e-6)
+    halfway = np.asarray(on_condition([one_hot.mean(0, keepdims=True).repeat(2, 0), noise], training=False))
+    assert not np.allclose(halfway, from_digits, atol=1e-3)  # a weighted one-hot is a condition of its own
+    generator.save(tmp_path / "generator.keras")  # the generator's own graph is untouched: it still saves
+    reloaded = keras.models.load_model(tmp_path / "generator.keras")
+    np.testing.assert_allclose(reloaded({"digit": digits, "noise": noise}, training=False), from_digits, atol=1e-6)
+
+
+def test_the_condition_input_needs_a_generator_that_one_hot_encodes_its_digit():
+    with pytest.raises(ValueError, match="`digit_one_hot` layer. Received: 'discriminator'"):
+        models.with_condition_input(models.build_discriminator())  # one-hot encodes, but has no noise

@@ -124,3 +124,31 @@ def test_from_onnx_rejects_a_missing_truncated_or_foreign_file(exported, tmp_pat
     onnx.save(model, foreign)
     with pytest.raises(OnnxModelError, match="Expected inputs digit int32"):
         DigitSampler.from_onnx(foreign)
+
+
+def test_interpolation_goes_from_the_first_digit_to_the_second_and_agrees_across_exports(exported):
+    gan, saved_model, onnx_path = exported
+    samplers = [
+        DigitSampler.from_gan(gan),
+        DigitSampler.from_saved_model(saved_model),
+        DigitSampler.from_onnx(onnx_path),
+    ]
+    frames = [sampler.interpolate(3, 8, frames=5, count=2, seed=4, truncation=1.0) for sampler in samplers]
+    assert frames[0].shape == (2, 5, 28, 28, 1) and frames[0].dtype == np.float32
+    for other in frames[1:]:
+        np.testing.assert_allclose(other, frames[0], atol=1e-5)
+    # Row i keeps noise i: the first frame is digit 3 as the sampler draws it, the last digit 8.
+    np.testing.assert_allclose(frames[0][:, 0], samplers[0]([3, 3], seed=4, truncation=1.0), atol=1e-6)
+    noise = sample_noise(2, LATENT_DIM, seed=4, truncation=1.0)
+    np.testing.assert_allclose(frames[0][:, -1], samplers[0].from_noise([8, 8], noise), atol=1e-6)
+    assert np.abs(frames[0][:, 2] - frames[0][:, 0]).max() > 1e-3  # the middle differs from both ends
+
+
+def test_interpolation_rejects_bad_arguments_and_models_without_a_condition_input():
+    sampler = fake_sampler()
+    with pytest.raises(ValueError, match=r"Digits must be in \[0, 10\)"):
+        sampler.interpolate(3, 11, frames=4, count=1)
+    with pytest.raises(ValueError, match="frames >= 2 and count >= 1. Received: frames=1"):
+        sampler.interpolate(3, 8, frames=1, count=1)
+    with pytest.raises(ValueError, match="no condition input"):
+        sampler.interpolate(3, 8, frames=4, count=1)

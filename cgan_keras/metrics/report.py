@@ -27,7 +27,7 @@ KEYS = (
 )
 
 
-def evaluate_generator(sampler, judge, per_class=1000, seed=0):
+def evaluate_generator(sampler, judge, per_class=1000, seed=0, truncation=None):
     """Scores a generator against the real digits the judge never trained on.
 
     Generates `per_class` digits of each class for the label accuracy and the
@@ -41,19 +41,21 @@ def evaluate_generator(sampler, judge, per_class=1000, seed=0):
         judge: a `judge.Judge`.
         per_class: generated digits of each class for the label accuracy.
         seed: seed of the generator's noise.
+        truncation: None, or `t > 0`: noise from a normal truncated at +-t
+            (the truncation trick: typically higher precision, lower recall).
 
     Returns:
         A JSON-ready dict: every name of `KEYS`, `fid_ratio` (FID / floor),
         `precision_floor`, `recall_floor`, `per_class_accuracy` (list),
         `worst_class`, `real_classifier_score`, `judge_accuracy`,
-        `generated`, `fid_samples` (digits per side), `seed`.
+        `generated`, `fid_samples` (digits per side), `seed`, `truncation`.
     """
     if per_class < 1:
         raise ValueError(f"`per_class` must be a positive integer. Received: per_class={per_class!r}")
     reference = judge.reference
     asked = np.repeat(np.arange(judge.classifier.output_shape[-1], dtype=np.int32), per_class)
     matched = reference["labels_b"]
-    images = np.asarray(sampler(np.concatenate([asked, matched]), seed=seed))
+    images = np.asarray(sampler(np.concatenate([asked, matched]), seed=seed, truncation=truncation))
     expected_shape = (len(asked) + len(matched), *judge.classifier.input_shape[1:])
     if images.shape != expected_shape:
         raise ValueError(f"The sampler must return images of shape {expected_shape}. Received: shape={images.shape}")
@@ -85,21 +87,22 @@ def evaluate_generator(sampler, judge, per_class=1000, seed=0):
         "generated": len(asked),
         "fid_samples": len(matched),
         "seed": seed,
+        "truncation": truncation,
     }
 
 
-def evaluate_and_save(sampler, judge, path, per_class=1000, seed=0, **context):
+def evaluate_and_save(sampler, judge, path, per_class=1000, seed=0, truncation=None, **context):
     """Runs `evaluate_generator` and writes its results, with `context`, as JSON to `path` (atomically).
 
     Args:
-        sampler, judge, per_class, seed: as in `evaluate_generator`.
+        sampler, judge, per_class, seed, truncation: as in `evaluate_generator`.
         path: the JSON file (e.g. `eval.json`).
         **context: more JSON-ready fields to record (model path, data source).
 
     Returns:
         The results dict of `evaluate_generator`.
     """
-    results = evaluate_generator(sampler, judge, per_class=per_class, seed=seed)
+    results = evaluate_generator(sampler, judge, per_class=per_class, seed=seed, truncation=truncation)
     record = {**context, "judge": judge.info, **results}
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(record, indent=2) + "\n")
