@@ -222,6 +222,17 @@ def standardize_dataset(
     return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def as_batches(x, y, batch_size, seed, shuffle, repeat, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
+    """What `ConditionalGAN.fit`/`evaluate` train on: arrays through `make_dataset`, a dataset through
+    `standardize_dataset` (`batch_size` 32 when `None`); anything else Keras accepts (a `PyDataset`, a
+    Python generator) is returned unchecked."""
+    if isinstance(x, tf.data.Dataset):
+        return standardize_dataset(x, image_shape, num_classes)
+    if isinstance(x, (np.ndarray, list, tf.Tensor)):
+        return make_dataset(x, y, batch_size or 32, seed, shuffle, repeat, image_shape, num_classes)
+    return x
+
+
 def _keras_mnist_cache() -> Path:
     # Keras reads KERAS_HOME once at import; reading it now lets a caller (or a test)
     # redirect the cache later. The rest mirrors `keras.utils.get_file`'s fallback.

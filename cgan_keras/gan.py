@@ -6,12 +6,13 @@ real batch (target real), then update the generator through the discriminator
 with flipped labels (its fakes labelled real).
 """
 
+import functools
+
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from cgan_keras import data, models
+from cgan_keras import data, ema, models
 
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
@@ -67,13 +68,10 @@ class ConditionalGAN(keras.Model):
         self.seed = seed
         self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
         self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
-        self._check_networks()
+        models.check_generator(self.generator, latent_dim, self.image_shape)
         self.ema_decay = ema_decay
-        self.ema_generator = None
-        if ema_decay:
-            # Same architecture and name: its exports are "the generator".
-            self.ema_generator = self.generator.__class__.from_config(self.generator.get_config())
-            self.ema_generator.set_weights(self.generator.get_weights())
+        # Same architecture and name: its exports are "the generator".
+        self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
@@ -86,31 +84,11 @@ class ConditionalGAN(keras.Model):
         # what lets save_weights, checkpoints and tf.distribute see its state.
         self.built = True
 
-    def _check_networks(self):
-        noise_shape = tuple(self.generator.input["noise"].shape)
-        if noise_shape != (None, self.latent_dim):
-            raise ValueError(
-                f"The generator's `noise` input must have shape (None, {self.latent_dim}). "
-                f"Received: noise shape={noise_shape}"
-            )
-        if tuple(self.generator.output.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"The generator must output images of shape {self.image_shape}. "
-                f"Received: output shape={tuple(self.generator.output.shape[1:])}"
-            )
-
     @property
     def metrics(self):
         return [self.loss_tracker, self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
 
-    def compile(
-        self,
-        generator_optimizer=None,
-        discriminator_optimizer=None,
-        label_smoothing=0.0,
-        loss=None,
-        **kwargs,
-    ):
+    def compile(self, generator_optimizer=None, discriminator_optimizer=None, label_smoothing=0.0, loss=None, **kwargs):
         """Configures training.
 
         Args:
@@ -171,10 +149,7 @@ class ConditionalGAN(keras.Model):
         Returns:
             float32 `(N, H, W, C)` in [-1, 1].
         """
-        if isinstance(inputs, (tuple, list)):
-            digits, noise = inputs
-        else:
-            digits, noise = inputs, None
+        digits, noise = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         generator = self.generator if training else self.inference_generator
         digits = ops.convert_to_tensor(digits)
         if len(digits.shape) == 2:
@@ -185,23 +160,19 @@ class ConditionalGAN(keras.Model):
         return generator({"digit": digits, "noise": noise}, training=training)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
-        """Trains on `(images, labels)`, checked once at this boundary; otherwise `keras.Model.fit`.
+        """`keras.Model.fit` on `(images, labels)`, checked once here (`data.as_batches`).
 
-        Arrays (images float `(N, H, W, C)` in [-1, 1], labels int `(N,)` or
-        one-hot `(N, num_classes)`) become batches through `data.make_dataset`,
-        which drops a short last batch; a `tf.data.Dataset` of such batches
-        goes through `data.standardize_dataset`. Anything else Keras accepts
-        (a `PyDataset`, a Python generator) is passed on unchecked.
+        Images float `(N, H, W, C)` in [-1, 1], labels int `(N,)` or one-hot
+        `(N, num_classes)`, as arrays or a `tf.data.Dataset` of batches.
 
         Raises:
             ValueError: the data are not digits of the expected shape, range and classes.
         """
         repeat = kwargs.get("steps_per_epoch") is not None  # an epoch may span more than one pass
         x = self._as_batches(x, y, batch_size, shuffle, repeat)
-        if isinstance(validation_data, (tuple, list)):
-            validation_data = self._as_batches(*validation_data[:2], batch_size, shuffle=False, repeat=False)
-        elif validation_data is not None:
-            validation_data = self._as_batches(validation_data, None, batch_size, shuffle=False, repeat=False)
+        if validation_data is not None:
+            pair = validation_data[:2] if isinstance(validation_data, (tuple, list)) else (validation_data, None)
+            validation_data = self._as_batches(*pair, batch_size, shuffle=False, repeat=False)
         # The batches shuffle themselves; Keras would only warn.
         return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
 
@@ -210,13 +181,7 @@ class ConditionalGAN(keras.Model):
         return super().evaluate(self._as_batches(x, y, batch_size, shuffle=False, repeat=False), **kwargs)
 
     def _as_batches(self, x, y, batch_size, shuffle, repeat):
-        if isinstance(x, tf.data.Dataset):
-            return data.standardize_dataset(x, self.image_shape, self.num_classes)
-        if isinstance(x, (np.ndarray, list, tf.Tensor)):
-            return data.make_dataset(
-                x, y, batch_size or 32, self.seed, shuffle, repeat, self.image_shape, self.num_classes
-            )
-        return x
+        return data.as_batches(x, y, batch_size, self.seed, shuffle, repeat, self.image_shape, self.num_classes)
 
     def train_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -227,15 +192,20 @@ class ConditionalGAN(keras.Model):
         with tf.GradientTape() as generator_tape:
             fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=True)
             with generator_tape.stop_recording():
-                d_loss_fake, fake_logits = self._discriminator_step(fake_images, fake_digits, fake_target)
-                d_loss_real, real_logits = self._discriminator_step(real_images, real_digits, real_target)
+                update_discriminator = functools.partial(
+                    _update_discriminator, self.discriminator, self.discriminator_optimizer, self.loss_fn
+                )
+                d_loss_fake, fake_logits = update_discriminator(fake_images, fake_digits, fake_target)
+                d_loss_real, real_logits = update_discriminator(real_images, real_digits, real_target)
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
             g_loss = self.loss_fn(fooled_target, fooled_logits)
             scaled_g_loss = self.generator_optimizer.scale_loss(g_loss)
         generator_weights = self.generator.trainable_variables
         self.generator_optimizer.apply(generator_tape.gradient(scaled_g_loss, generator_weights), generator_weights)
         if self.ema_generator is not None:
-            self._update_ema(fake_digits, noise)
+            ema.update(self.ema_generator, self.generator, self.generator_optimizer.iterations, self.ema_decay)
+            # BatchNorm's statistics follow the averaged network's own activations (~8% of a step).
+            self.ema_generator({"digit": fake_digits, "noise": noise}, training=True)
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
     def test_step(self, batch):
@@ -249,34 +219,10 @@ class ConditionalGAN(keras.Model):
         return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
 
     def _fakes_and_targets(self, real_images):
-        """Noise and digits of this replica's fake batch, and the three targets of a step.
-
-        Returns:
-            `(noise, digits, fake_target, real_target, fooled_target)`: float32
-            `(B, latent_dim)`, int32 `(B,)`, then float32 `(B, 1)` targets 0
-            (fakes), `1 - label_smoothing` (reals) and 1 (fakes labelled real,
-            for the generator).
-        """
-        # Under tf.distribute every replica's seed generator is in the same
-        # state, so each draws the noise and digits of the whole global batch
-        # and keeps its own slice: replicas make different fakes, and N
-        # replicas of batch B/N make exactly the fakes one device of batch B
-        # would.
+        """This replica's fake noise and digits, and the step's targets: see `_fake_batch` and `_targets`."""
         batch_size = ops.shape(real_images)[0]
-        replicas, replica_id = _replica_context()
-        noise = keras.random.normal((batch_size * replicas, self.latent_dim), seed=self.seed_generator)
-        digits = keras.random.randint(
-            (batch_size * replicas,), 0, self.num_classes, seed=self.seed_generator, dtype="int32"
-        )
-        start = replica_id * batch_size
-        fooled_target = ops.ones((batch_size, 1), dtype="float32")
-        return (
-            noise[start : start + batch_size],
-            digits[start : start + batch_size],
-            ops.zeros_like(fooled_target),
-            fooled_target * (1.0 - self.label_smoothing),
-            fooled_target,
-        )
+        noise_and_digits = _fake_batch(self.seed_generator, batch_size, self.latent_dim, self.num_classes)
+        return *noise_and_digits, *_targets(batch_size, self.label_smoothing)
 
     def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):
         # Keras losses are divided by the replica count so that summed
@@ -295,41 +241,12 @@ class ConditionalGAN(keras.Model):
         """The network that generates, exports and is evaluated: `ema_generator` if there is one, else `generator`."""
         return self.ema_generator if self.ema_generator is not None else self.generator
 
-    def _update_ema(self, digits, noise):
-        step = ops.cast(self.generator_optimizer.iterations, "float32")
-        decay = ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
-        for average, weight in zip(
-            self.ema_generator.trainable_variables, self.generator.trainable_variables, strict=True
-        ):
-            average.assign(decay * average + (1.0 - decay) * ops.cast(weight, average.dtype))
-        # BatchNorm's moving statistics follow the averaged network's own
-        # activations, through one forward pass in training mode (~8% of a
-        # step). Copied from the raw generator, they normalize other
-        # activations (FID 10-20% worse); averaged like the weights from
-        # initialization, they lag far behind (at chance for 2,000 steps).
-        self.ema_generator({"digit": digits, "noise": noise}, training=True)
-
-    def _discriminator_step(self, images, digits, targets):
-        with tf.GradientTape() as tape:
-            logits = self.discriminator({"image": images, "digit": digits}, training=True)
-            loss = self.loss_fn(targets, logits)
-            # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
-            scaled_loss = self.discriminator_optimizer.scale_loss(loss)
-        weights = self.discriminator.trainable_variables
-        self.discriminator_optimizer.apply(tape.gradient(scaled_loss, weights), weights)
-        return loss, logits
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            latent_dim=self.latent_dim,
-            num_classes=self.num_classes,
-            image_shape=self.image_shape,
-            seed=self.seed,
-            ema_decay=self.ema_decay,
-            generator=keras.saving.serialize_keras_object(self.generator),
-            discriminator=keras.saving.serialize_keras_object(self.discriminator),
-        )
+        for name in ("latent_dim", "num_classes", "image_shape", "seed", "ema_decay"):
+            config[name] = getattr(self, name)
+        for network in ("generator", "discriminator"):
+            config[network] = keras.saving.serialize_keras_object(getattr(self, network))
         return config
 
     @classmethod
@@ -338,6 +255,41 @@ class ConditionalGAN(keras.Model):
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
+
+
+def _update_discriminator(discriminator, optimizer, loss_fn, images, digits, targets):
+    """One optimizer step of the discriminator on one batch; returns `(loss, logits)`."""
+    with tf.GradientTape() as tape:
+        logits = discriminator({"image": images, "digit": digits}, training=True)
+        loss = loss_fn(targets, logits)
+        # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
+        scaled_loss = optimizer.scale_loss(loss)
+    weights = discriminator.trainable_variables
+    optimizer.apply(tape.gradient(scaled_loss, weights), weights)
+    return loss, logits
+
+
+def _fake_batch(seed_generator, batch_size, latent_dim, num_classes):
+    """This replica's share of a step's fake batch: noise float32 `(B, latent_dim)`, digits int32 `(B,)`."""
+    # Under tf.distribute every replica's seed generator is in the same state,
+    # so each draws the noise and digits of the whole global batch and keeps its
+    # own slice: replicas make different fakes, and N replicas of batch B/N make
+    # exactly the fakes one device of batch B would.
+    replicas, replica_id = _replica_context()
+    noise = keras.random.normal((batch_size * replicas, latent_dim), seed=seed_generator)
+    digits = keras.random.randint((batch_size * replicas,), 0, num_classes, seed=seed_generator, dtype="int32")
+    start = replica_id * batch_size
+    return noise[start : start + batch_size], digits[start : start + batch_size]
+
+
+def _targets(batch_size, label_smoothing):
+    """The discriminator's targets for fakes (0) and reals (`1 - label_smoothing`), and the generator's (1).
+
+    Returns:
+        Three float32 `(B, 1)` tensors: `(fake, real, fooled)`.
+    """
+    ones = ops.ones((batch_size, 1), dtype="float32")
+    return ops.zeros_like(ones), ones * (1.0 - label_smoothing), ones
 
 
 def _replica_context():

@@ -90,6 +90,20 @@ def build_generator(
     return keras.Model({"digit": digit, "noise": noise}, image, name=name)
 
 
+def check_generator(generator, latent_dim, image_shape):
+    """Raises ValueError unless `generator` takes `noise` `(None, latent_dim)` and outputs `(None, *image_shape)`."""
+    noise_shape = tuple(generator.input["noise"].shape)
+    if noise_shape != (None, latent_dim):
+        raise ValueError(
+            f"The generator's `noise` input must have shape (None, {latent_dim}). Received: noise shape={noise_shape}"
+        )
+    if tuple(generator.output.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"The generator must output images of shape {tuple(image_shape)}. "
+            f"Received: output shape={tuple(generator.output.shape[1:])}"
+        )
+
+
 def with_condition_input(generator):
     """The same generator, fed a condition vector where it one-hot encodes the digit.
 
