@@ -21,9 +21,14 @@ in `--frames` steps. User mistakes exit with code 2 and one line on stderr.
 import contextlib
 import functools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+
+# Before the package's import: it would import TensorFlow (~5 s) to register its Keras classes, and this
+# tool checks its arguments first (infer.py runs ONNX models without TensorFlow at all).
+os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
 
 from cgan_keras import cli
 from cgan_keras.artifacts import atomic_path

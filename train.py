@@ -26,6 +26,10 @@ import os
 import sys
 import time
 
+# Before the package's import: it would import TensorFlow (~5 s) to register its Keras classes, and this
+# tool checks its arguments first (infer.py runs ONNX models without TensorFlow at all).
+os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
+
 from cgan_keras import cli, run_lock
 from cgan_keras import config as config_module
 

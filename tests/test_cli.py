@@ -213,7 +213,10 @@ def import_script(name):
     """Imports a top-level script (`infer.py`) as a module, for in-process calls."""
     spec = importlib.util.spec_from_file_location(Path(name).stem, ROOT / name)
     module = importlib.util.module_from_spec(spec)
+    before = os.environ.copy()
     spec.loader.exec_module(module)
+    os.environ.clear()  # the script sets CGAN_KERAS_DEFER_TENSORFLOW for its own process; not for later tests'
+    os.environ.update(before)
     return module
 
 
