@@ -45,7 +45,7 @@ def parse_args(argv):
         if field.name in seed_preset:
             help_text += f"; seed preset: {_show(seed_preset[field.name])}"
         help_text += ")"
-        flag = "--" + field.name.replace("_", "-")
+        flag = config_module.flag(field.name)
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif isinstance(default, tuple):

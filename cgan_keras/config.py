@@ -1,8 +1,9 @@
 """Every hyperparameter of a training run, in one frozen dataclass.
 
-`train.py` maps its flags 1:1 onto `TrainConfig` fields (`--batch-size` ->
-`batch_size`) and saves the config as `config.json` beside the run's artifacts,
-so a run can be reproduced or resumed from its directory alone.
+`train.py` maps its flags 1:1 onto `TrainConfig` fields (`flag`: `batch_size`
+-> `--batch-size`; `TrainConfig.to_argv` goes back) and saves the config as
+`config.json` beside the run's artifacts, so a run can be reproduced or
+resumed from its directory alone.
 """
 
 import dataclasses
@@ -38,6 +39,11 @@ CHOICES = {
 }
 
 
+def flag(name):
+    """The `train.py` flag of a `TrainConfig` field: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
 def _field(default, help):
     return dataclasses.field(default=default, metadata={"help": help})
 
@@ -64,6 +70,7 @@ class TrainConfig:
     discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
     digit_at_every_scale: bool = _field(True, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
+    spectral_norm: bool = _field(False, "spectral normalization of the discriminator's layers (not the seed preset's)")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
     generator_learning_rate: float = _field(1e-3, "learning rate of the generator's optimizer")
     discriminator_learning_rate: float = _field(1e-3, "learning rate of the discriminator's optimizer")
@@ -120,6 +127,26 @@ class TrainConfig:
         for name in ("generator_filters", "discriminator_filters"):
             # JSON gives lists back; the frozen config keeps tuples.
             object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_argv(self):
+        """The `train.py` arguments that give this config: `--preset` and each field that differs from it.
+
+        Example:
+
+        >>> TrainConfig(steps=600, generator_filters=(64, 32)).to_argv()
+        ['--steps', '600', '--generator-filters', '64', '32']
+        """
+        preset = TrainConfig.from_preset(self.preset)
+        argv = [] if self.preset == "default" else [flag("preset"), self.preset]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "preset" or value == getattr(preset, field.name):
+                continue
+            if isinstance(value, bool):
+                argv.append(flag(field.name) if value else flag(field.name).replace("--", "--no-", 1))
+            else:
+                argv += [flag(field.name), *map(str, value if isinstance(value, tuple) else (value,))]
+        return argv
 
     def save(self, path):
         """Writes the config as JSON to `path` (atomically)."""

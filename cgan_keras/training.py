@@ -90,7 +90,9 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                     digit_at_every_scale=config.digit_at_every_scale,
                 )
                 discriminator = models.build_discriminator(
-                    filters=config.discriminator_filters, projection=config.projection
+                    filters=config.discriminator_filters,
+                    projection=config.projection,
+                    spectral_norm=config.spectral_norm,
                 )
             gan = ConditionalGAN(
                 config.latent_dim,

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_gan
 from PIL import Image
+from support import tiny_gan
 
 from cgan_keras.callbacks import SampleGridCallback
 

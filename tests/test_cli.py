@@ -18,16 +18,14 @@ import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import hold_lock, mount_tmpfs
+from support import TINY, hold_lock, mount_tmpfs
 
 from cgan_keras import export
+from cgan_keras.config import TrainConfig
 from cgan_keras.sampler import DigitSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = [
-    "--data", "builtin", "--steps", "4", "--log-every", "2", "--sample-every", "2", "--batch-size", "16",
-    "--latent-dim", "8", "--generator-filters", "8", "4", "--discriminator-filters", "4", "8",
-]  # fmt: skip
+TINY_TRAIN = TINY.to_argv()  # --data builtin --steps 4 --batch-size 16 --latent-dim 8 ...
 
 
 def run(script, *args, cwd, env=None):
@@ -207,6 +205,18 @@ def test_infer_truncation_reaches_the_noise(trained_run, capsys):
     sampler = DigitSampler.from_saved_model(model)
     np.testing.assert_allclose(np.load(work / "t.npy"), sampler([4, 4, 4], seed=0, truncation=0.5), atol=1e-6)
     assert not np.allclose(np.load(work / "t.npy"), sampler([4, 4, 4], seed=0), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TINY, TrainConfig.from_preset("seed", steps=10, digit_at_every_scale=True, projection=False, ema_decay=0.5)],
+    ids=["tiny", "seed preset"],
+)
+def test_train_flags_built_from_a_config_give_that_config_back(config):
+    train = import_script("train.py")
+    parsed, resume, overwrite = train.parse_args(config.to_argv())
+    assert parsed == config and not resume and not overwrite
+    assert "--no-projection" in config.to_argv() or config is TINY
 
 
 def import_script(name):
@@ -422,7 +432,8 @@ def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(t
         "    raise ImportError('broken install')\n"
     )
     command = [sys.executable, "-c", "from cgan_keras import cli; cli.import_tensorflow(); print('ours')"]
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    # As the tools import the package: without its TensorFlow import (`cgan_keras/__init__.py`).
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "CGAN_KERAS_DEFER_TENSORFLOW": "1"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -3,13 +3,13 @@
 import keras
 import numpy as np
 import tensorflow as tf
+from support import tiny_config
 
 from cgan_keras import distribute, training
-from cgan_keras.config import TrainConfig
 from cgan_keras.export import export_generator, load_generator
 from cgan_keras.sampler import DigitSampler
 
-TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), seed=3)
+TINY = tiny_config(seed=3)
 
 
 def one_step(strategy, images, labels):
@@ -44,7 +44,7 @@ def test_replicas_generate_different_fakes():
 
 
 def test_bfloat16_training_exports_a_float32_generator(tmp_path, digits):
-    config = TrainConfig(**{**TINY.__dict__, "mixed_precision": True})
+    config = tiny_config(seed=3, mixed_precision="on")
     gan = training.build_gan(config)
     assert gan.generator.dtype_policy.name == "mixed_bfloat16"
     assert keras.mixed_precision.global_policy().name == "float32"  # restored for everything else

@@ -7,10 +7,9 @@ import numpy as np
 import onnx
 import onnxruntime
 import tensorflow as tf
-from conftest import LATENT_DIM, tiny_gan
+from support import LATENT_DIM, tiny_config, tiny_gan
 
 from cgan_keras import training
-from cgan_keras.config import TrainConfig
 from cgan_keras.export import export_generator, export_onnx, export_serving, save_model
 
 # Runs in a fresh interpreter that never imports cgan_keras (asserted), as a user's server would.
@@ -138,8 +137,7 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
 
 
 def test_a_mixed_precision_generator_exports_to_a_float32_onnx(tmp_path):
-    config = TrainConfig(latent_dim=LATENT_DIM, generator_filters=(8, 4), discriminator_filters=(4, 8))
-    gan = training.build_gan(TrainConfig(**{**config.__dict__, "mixed_precision": True}))
+    gan = training.build_gan(tiny_config(mixed_precision="on"))
     session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
     digits = np.arange(4, dtype=np.int32)
     noise = np.random.default_rng(1).standard_normal((4, LATENT_DIM)).astype("float32")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LATENT_DIM, tiny_gan
+from support import LATENT_DIM, tiny_gan
 
 from cgan_keras.gan import ConditionalGAN
 from cgan_keras.sampler import DigitSampler

@@ -7,12 +7,12 @@ logical CPU devices conftest sets up runs the same loop in-process.
 import keras
 import numpy as np
 import tensorflow as tf
+from support import tiny_config
 
 from cgan_keras import data, distribute, loop, training
 from cgan_keras.callbacks import global_step
-from cgan_keras.config import TrainConfig
 
-TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), batch_size=16, seed=3)
+TINY = tiny_config(seed=3)
 
 
 class Recorder(keras.callbacks.Callback):

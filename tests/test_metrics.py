@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.linalg
-from conftest import tiny_gan
+from support import tiny_gan
 
 from cgan_keras.data import load_data
 from cgan_keras.metrics import judge as judges

@@ -1,7 +1,7 @@
 import io
 
 import keras
-from conftest import tiny_gan
+from support import tiny_gan
 
 from cgan_keras.progress import RunProgress
 

@@ -1,7 +1,7 @@
 import os
 
 import pytest
-from conftest import hold_lock
+from support import hold_lock
 
 from cgan_keras.run_lock import LOCK_NAME, RunDirectoryBusy, RunLock
 

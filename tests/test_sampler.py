@@ -1,7 +1,7 @@
 import numpy as np
 import onnx
 import pytest
-from conftest import LATENT_DIM, tiny_gan
+from support import LATENT_DIM, tiny_gan
 
 from cgan_keras import export
 from cgan_keras.sampler import BATCH_SIZE, DigitSampler, OnnxModelError, noise_batches, sample_noise

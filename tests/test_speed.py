@@ -1,12 +1,14 @@
+import dataclasses
 import json
 
 import pytest
 import tensorflow as tf
+from support import tiny_config
 
 from cgan_keras import speed, training
 from cgan_keras.config import TrainConfig
 
-TINY = TrainConfig(latent_dim=8, generator_filters=(8, 4), discriminator_filters=(4, 8), steps=5000, log_every=100)
+TINY = tiny_config(steps=5000, log_every=100)
 
 
 def fake_timer(xla_seconds, plain_seconds):
@@ -33,12 +35,12 @@ def test_auto_keeps_the_faster_step(xla_seconds, plain_seconds, expected):
 @pytest.mark.parametrize("setting, expected", [("on", True), ("off", False)])
 def test_a_forced_setting_is_obeyed_without_timing(setting, expected):
     assert speed.choose_jit_compile(setting, never_timed)[0] is expected
-    gan = training.build_gan(TrainConfig(**{**TINY.__dict__, "jit_compile": setting}))
+    gan = training.build_gan(dataclasses.replace(TINY, jit_compile=setting))
     assert gan.jit_compile is expected
 
 
 def test_auto_does_not_time_a_short_run_and_means_off():
-    choice = speed.choose(TrainConfig(**{**TINY.__dict__, "steps": 200}), never_timed)
+    choice = speed.choose(dataclasses.replace(TINY, steps=200), never_timed)
     assert not choice.jit_compile and choice.xla_seconds is None
     assert f"runs of {speed.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
 

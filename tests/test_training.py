@@ -8,6 +8,7 @@ import keras
 import matplotlib.figure
 import numpy as np
 import pytest
+from support import tiny_config
 
 from cgan_keras import speed, training
 from cgan_keras.artifacts import ArtifactWriteError
@@ -16,15 +17,10 @@ from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN
 from cgan_keras.run_lock import RunDirectoryBusy, RunLock
 
-TINY = dict(
-    latent_dim=8,
-    generator_filters=(8, 4),
-    discriminator_filters=(4, 8),
-    batch_size=16,
-    steps=8,
-    log_every=4,
-    sample_every=3,
-)
+
+def eight_steps(**overrides):
+    """`TINY` over 8 steps, logged every 4, a grid every 3 (not a divisor: grids fall inside epochs)."""
+    return tiny_config(steps=8, log_every=4, sample_every=3, **overrides)
 
 
 class InterruptAtStep(keras.callbacks.Callback):
@@ -38,7 +34,7 @@ class InterruptAtStep(keras.callbacks.Callback):
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
-    config = TrainConfig(out=str(tmp_path / "run"), **TINY)
+    config = eight_steps(out=str(tmp_path / "run"))
     training.prepare_directory(config)
     # Interrupted mid-epoch at step 6, two steps after the checkpoint of step 4.
     with pytest.raises(KeyboardInterrupt):
@@ -66,7 +62,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
-    config = TrainConfig(out=str(tmp_path), **TINY)
+    config = eight_steps(out=str(tmp_path))
     (tmp_path / "keep.txt").write_text("precious")
     with pytest.raises(training.RunDirectoryError, match="--resume .* --overwrite"):
         training.prepare_directory(config)
@@ -76,9 +72,9 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
 
 
 def test_resume_refuses_different_settings(tmp_path):
-    training.prepare_directory(TrainConfig(out=str(tmp_path), **TINY))
+    training.prepare_directory(eight_steps(out=str(tmp_path)))
     with pytest.raises(training.RunDirectoryError, match="batch_size: saved 16, now 32"):
-        training.prepare_directory(TrainConfig(out=str(tmp_path), **{**TINY, "batch_size": 32}), resume=True)
+        training.prepare_directory(eight_steps(out=str(tmp_path), batch_size=32), resume=True)
 
 
 def test_seed_preset_builds_the_tutorial_networks():
@@ -101,7 +97,7 @@ class SignalAtStep(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly(tmp_path, digits, signum):
-    config = TrainConfig(out=str(tmp_path), **TINY)
+    config = eight_steps(out=str(tmp_path))
     training.prepare_directory(config)
     # Whatever was installed before (a background job inherits SIGINT ignored) is what must be back.
     handlers_before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -123,7 +119,7 @@ def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly
 
 
 def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(tmp_path, digits):
-    config = TrainConfig(out=str(tmp_path), **{**TINY, "steps": 10})  # rows at 4, 8, then 10
+    config = eight_steps(out=str(tmp_path), steps=10)  # rows at 4, 8, then 10
     training.prepare_directory(config)
     with pytest.raises(training.Interrupted):
         training.run(config, *digits, callbacks=[SignalAtStep(9, signal.SIGINT)], verbose=0)
@@ -154,7 +150,7 @@ def test_epochs_to_run_covers_exactly_the_steps_left(done, steps, expected):
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, digits):
-    config = TrainConfig(out=str(tmp_path), **{**TINY, "generator_learning_rate": 1e30, "optimizer": "adam"})
+    config = eight_steps(out=str(tmp_path), generator_learning_rate=1e30, optimizer="adam")
     training.prepare_directory(config)
     with pytest.raises(TrainingDiverged, match="the loss became nan"):
         training.run(config, *digits, verbose=0)
@@ -163,7 +159,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, digi
 
 def test_the_same_seed_trains_bit_identical_generators(tmp_path, digits):
     def train(name):
-        config = TrainConfig(out=str(tmp_path / name), **TINY)
+        config = eight_steps(out=str(tmp_path / name))
         training.prepare_directory(config)
         gan, _ = training.run(config, *digits, verbose=0)
         return [weight.numpy() for weight in gan.generator.weights]
@@ -175,16 +171,14 @@ def test_the_same_seed_trains_bit_identical_generators(tmp_path, digits):
 def test_timing_xla_first_leaves_the_run_exactly_as_without_timing(tmp_path, digits, monkeypatch):
     for name, value in (("MEASURE_MIN_STEPS", 1), ("WARMUP_STEPS", 1), ("TIMED_STEPS", 2)):
         monkeypatch.setattr(speed, name, value)
-    auto = TrainConfig(out=str(tmp_path / "auto"), **TINY)
+    auto = eight_steps(out=str(tmp_path / "auto"))
     training.prepare_directory(auto)
     timed, _ = training.run(auto, *digits, verbose=0)
     choice = json.loads((tmp_path / "auto" / "speed.json").read_text())
     assert choice["reason"] == "measured" and choice["xla_seconds"] > 0 and choice["plain_seconds"] > 0
     assert timed.jit_compile is choice["jit_compile"]
 
-    forced = TrainConfig(
-        out=str(tmp_path / "forced"), **{**TINY, "jit_compile": "on" if choice["jit_compile"] else "off"}
-    )
+    forced = eight_steps(out=str(tmp_path / "forced"), jit_compile="on" if choice["jit_compile"] else "off")
     training.prepare_directory(forced)
     untimed, _ = training.run(forced, *digits, verbose=0)
     for first, second in zip(timed.generator.weights, untimed.generator.weights, strict=True):
@@ -238,7 +232,7 @@ class FillDiskAfterStep4(keras.callbacks.Callback):
 )
 def test_a_full_disk_names_the_artifact_and_keeps_the_complete_ones(full_disk, digits, failing, settings, fill):
     out = full_disk.path / "run"
-    config = TrainConfig(out=str(out), **{**TINY, **settings})
+    config = eight_steps(out=str(out), **settings)
     training.prepare_directory(config)
     filler = FillDiskAfterStep4(full_disk, **fill)
     with pytest.raises(ArtifactWriteError) as failed:
@@ -262,7 +256,7 @@ def _damage(path, how):
 
 
 def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, digits, capsys):
-    config = TrainConfig(out=str(tmp_path), **TINY)
+    config = eight_steps(out=str(tmp_path))
     training.prepare_directory(config)
     training.run(config, *digits, verbose=0)
     _damage(tmp_path / "checkpoints" / "step_000008.keras", "flip")
@@ -276,7 +270,7 @@ def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, d
 
 
 def test_resume_with_no_readable_checkpoint_names_each_file_and_the_way_out(tmp_path, digits):
-    config = TrainConfig(out=str(tmp_path), **TINY)
+    config = eight_steps(out=str(tmp_path))
     training.prepare_directory(config)
     training.run(config, *digits, verbose=0)
     _damage(tmp_path / "checkpoints" / "step_000008.keras", "truncate")
@@ -290,7 +284,7 @@ def test_resume_with_no_readable_checkpoint_names_each_file_and_the_way_out(tmp_
 
 
 def test_overwrite_keeps_the_lock_that_the_run_holds(tmp_path):
-    config = TrainConfig(out=str(tmp_path / "run"), **TINY)
+    config = eight_steps(out=str(tmp_path / "run"))
     with RunLock(config.out) as lock:
         training.prepare_directory(config)
         (tmp_path / "run" / "history.csv").write_text("old run")
