@@ -70,7 +70,6 @@ class TrainConfig:
     discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
     digit_at_every_scale: bool = _field(True, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
-    spectral_norm: bool = _field(False, "spectral normalization of the discriminator's layers (not the seed preset's)")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
     generator_learning_rate: float = _field(1e-3, "learning rate of the generator's optimizer")
     discriminator_learning_rate: float = _field(1e-3, "learning rate of the discriminator's optimizer")

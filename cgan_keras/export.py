@@ -69,7 +69,8 @@ def export_generator(gan, path):
     - `condition`: `condition` float32 `[None, num_classes]` (a one-hot, or a
       weighted one between digits) and `noise`; see `models.with_condition_input`.
 
-    BatchNorm runs in inference mode. No device is baked in, so the
+    BatchNorm runs in inference mode, in float32 whatever the training's
+    dtype policy (as `export_onnx`). No device is baked in, so the
     SavedModel loads with `tf.saved_model.load(path)` on a machine with or
     without a GPU. `num_classes` is recorded as a variable collection. The
     directory is written under a temporary name and renamed into place.
@@ -87,7 +88,10 @@ def export_generator(gan, path):
     >>> loaded = tf.saved_model.load("saved_models/cgan/generator")
     >>> loaded.signatures["generate"](digit=tf.constant([7, 7]), seed=tf.constant(0, tf.int64))["images"]
     """
-    serve = _serving_function(gan)
+    # float32 whatever the training's dtype policy: bfloat16 is slow on CPUs without it, and
+    # float32 everywhere gives the same images as the ONNX file.
+    generator = _float32_copy(gan.inference_generator)
+    serve = _serving_function(gan, generator)
 
     def generate(digit, seed):
         noise_seed = tf.stack([seed, tf.zeros_like(seed)])
@@ -95,16 +99,14 @@ def export_generator(gan, path):
         return serve(digit, noise)
 
     archive = keras.export.ExportArchive()
-    archive.track(gan.inference_generator)
+    archive.track(generator)
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=_serving_signature(gan))
     archive.add_endpoint(
         name="generate",
         fn=generate,
         input_signature=[tf.TensorSpec([None], tf.int32, name="digit"), tf.TensorSpec([], tf.int64, name="seed")],
     )
-    archive.add_endpoint(
-        name="condition", fn=_condition_function(gan.inference_generator), input_signature=_condition_signature(gan)
-    )
+    archive.add_endpoint(name="condition", fn=_condition_function(generator), input_signature=_condition_signature(gan))
     archive.add_variable_collection("num_classes", [tf.Variable(gan.num_classes, trainable=False, name="num_classes")])
     with atomic_path(path, directory=True) as temporary:
         try:
@@ -196,7 +198,8 @@ def _float32_copy(network):
     """`network` itself if it computes in float32, else a float32 clone with the same weights.
 
     onnxruntime has no bfloat16 or float16 kernels for most of the generator's
-    layers (e.g. ConvTranspose), so a mixed-precision network is exported in float32.
+    layers (e.g. ConvTranspose), and a bfloat16 SavedModel would be slow on CPUs
+    without bfloat16, so a mixed-precision network is exported in float32.
     """
     if network.dtype_policy.compute_dtype == "float32":
         return network

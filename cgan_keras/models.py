@@ -164,7 +164,6 @@ def build_discriminator(
     image_shape=IMAGE_SHAPE,
     filters=(64, 128),
     projection=True,
-    spectral_norm=False,
     name="discriminator",
 ):
     """Builds the default discriminator: image + broadcast one-hot digit -> logit.
@@ -186,9 +185,6 @@ def build_discriminator(
         image_shape: `(H, W, C)` of the images.
         filters: channels of the stride-2 convolutions.
         projection: add the projection term to the logit.
-        spectral_norm: wrap every convolution and dense layer in
-            `keras.layers.SpectralNormalization` (Miyato et al. 2018), which
-            rescales its kernel to spectral norm 1 on every training call.
         name: model name.
 
     Returns:
@@ -196,17 +192,14 @@ def build_discriminator(
         [-1, 1], "digit": int32 (N,)}` and output float32 logits `(N, 1)`.
     """
 
-    def normalized(layer):
-        return layers.SpectralNormalization(layer, name=f"{layer.name}_sn") if spectral_norm else layer
-
     image, digit, x = _discriminator_inputs(num_classes, image_shape)
     for index, width_channels in enumerate(filters):
-        x = normalized(layers.Conv2D(width_channels, 4, strides=2, padding="same", name=f"conv_{index}"))(x)
+        x = layers.Conv2D(width_channels, 4, strides=2, padding="same", name=f"conv_{index}")(x)
         x = layers.LeakyReLU(negative_slope=0.2, name=f"leaky_relu_{index}")(x)
     features = layers.Flatten(name="features")(x)
-    logit = normalized(layers.Dense(1, dtype="float32", name="logit"))(features)
+    logit = layers.Dense(1, dtype="float32", name="logit")(features)
     if projection:
-        digit_embedding = normalized(layers.Dense(features.shape[-1], use_bias=False, name="digit_embedding"))(
+        digit_embedding = layers.Dense(features.shape[-1], use_bias=False, name="digit_embedding")(
             _one_hot(digit, num_classes, "projection_one_hot")
         )
         agreement = layers.Dot(axes=1, dtype="float32", name="projection")([features, digit_embedding])

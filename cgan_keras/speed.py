@@ -49,7 +49,7 @@ class SpeedChoice:
         reason: why `jit_compile` is what it is: `measured`, the forcing flag,
             or why `auto` did not measure.
         native_bfloat16: whether the CPU has bfloat16 instructions
-            (`distribute.native_bfloat16`), which `policy` may one day use.
+            (`distribute.native_bfloat16`), where `auto` trains in `mixed_bfloat16`.
         recorded: read back from `speed.json` (a resumed run), not decided now;
             not saved.
     """
@@ -71,8 +71,8 @@ class SpeedChoice:
         else:
             xla = f"XLA: {verdict} ({self.reason})"
         line = f"{xla}. Precision: {self.policy}"
-        if self.policy == "float32" and self.native_bfloat16:
-            line += " (this CPU has native bfloat16; mixed_bfloat16 awaits a quality check: --mixed-precision on)"
+        if self.policy == "mixed_bfloat16" and self.native_bfloat16:
+            line += " (this CPU computes in bfloat16 natively)"
         return line + (" -- as recorded in speed.json when the run started" if self.recorded else "")
 
     def save(self, path):

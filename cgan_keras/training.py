@@ -90,9 +90,7 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                     digit_at_every_scale=config.digit_at_every_scale,
                 )
                 discriminator = models.build_discriminator(
-                    filters=config.discriminator_filters,
-                    projection=config.projection,
-                    spectral_norm=config.spectral_norm,
+                    filters=config.discriminator_filters, projection=config.projection
                 )
             gan = ConditionalGAN(
                 config.latent_dim,

@@ -77,7 +77,10 @@ def test_mixed_precision_settings_map_to_policies():
     assert [policy("auto", gpu=True), policy("on", gpu=True), policy("off", gpu=True)] == [
         "mixed_float16", "mixed_float16", "float32"
     ]  # fmt: skip
-    # On CPUs auto stays float32 until mixed_bfloat16's effect on quality is measured.
-    assert [policy("auto", gpu=False), policy("on", gpu=False), policy("off", gpu=False)] == [
-        "float32", "mixed_bfloat16", "float32"
+    # On CPUs, auto means bfloat16 only where the CPU computes in it natively.
+    assert [policy("auto", gpu=False, bfloat16_cpu=True), policy("auto", gpu=False, bfloat16_cpu=False)] == [
+        "mixed_bfloat16", "float32"
+    ]  # fmt: skip
+    assert [policy("on", gpu=False, bfloat16_cpu=False), policy("off", gpu=False, bfloat16_cpu=True)] == [
+        "mixed_bfloat16", "float32"
     ]  # fmt: skip

@@ -136,7 +136,7 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["generator.onnx"]
 
 
-def test_a_mixed_precision_generator_exports_to_a_float32_onnx(tmp_path):
+def test_a_mixed_precision_generator_exports_to_a_float32_onnx_and_saved_model(tmp_path):
     gan = training.build_gan(tiny_config(mixed_precision="on"))
     session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
     digits = np.arange(4, dtype=np.int32)
@@ -146,3 +146,7 @@ def test_a_mixed_precision_generator_exports_to_a_float32_onnx(tmp_path):
     expected = (np.asarray(gan((digits, noise), training=False), np.float32) + 1) / 2
     assert images.dtype == np.float32
     np.testing.assert_allclose(images, expected, atol=0.02)
+    # The SavedModel computes in float32 too: the same images as the ONNX file, not bfloat16's.
+    serve = tf.saved_model.load(str(export_generator(gan, tmp_path / "generator"))).signatures["serving_default"]
+    from_saved_model = serve(digit=tf.constant(digits), noise=tf.constant(noise))["images"].numpy()
+    np.testing.assert_allclose(from_saved_model, images, atol=1e-5)

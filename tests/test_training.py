@@ -20,7 +20,7 @@ from cgan_keras.run_lock import RunDirectoryBusy, RunLock
 
 def eight_steps(**overrides):
     """`TINY` over 8 steps, logged every 4, a grid every 3 (not a divisor: grids fall inside epochs)."""
-    return tiny_config(steps=8, log_every=4, sample_every=3, **overrides)
+    return tiny_config(**{"steps": 8, "log_every": 4, "sample_every": 3, **overrides})
 
 
 class InterruptAtStep(keras.callbacks.Callback):
