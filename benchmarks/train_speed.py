@@ -17,6 +17,7 @@ time each `fit` call spends outside its steps. Variants, each against `default`
     xla        compile the step with XLA (`--jit-compile on`)
     synthetic  one fixed in-memory batch repeated (the input pipeline's cost, by difference)
     bf16       `--mixed-precision on`, which on a CPU means the `mixed_bfloat16` policy (checked)
+    float32    `--mixed-precision off` (`default` is `auto`: bfloat16 on CPUs that compute in it natively)
     seed       the seed preset's networks and AdaDelta (`TrainConfig.from_preset("seed")`)
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
                `--mixed-precision auto` choose, timing XLA first), its callbacks, grids and checkpoints
@@ -60,6 +61,7 @@ VARIANTS = {
     "xla": {"jit_compile": "on"},
     "synthetic": {"synthetic": True},
     "bf16": {"mixed_precision": "on"},
+    "float32": {"mixed_precision": "off"},
     "seed": {"preset": "seed"},
     "train.py": {},
 }
