@@ -2,7 +2,7 @@
 
 Examples:
 
-    python benchmarks/recipe.py --data ../shared/mnist/mnist_train.npz            # default recipe, 3,000 steps
+    python benchmarks/recipe.py --data ../shared/mnist/mnist_train.npz            # default recipe, 6,800 steps
     python benchmarks/recipe.py --data builtin --steps 1000 --eval-every 500
     python benchmarks/recipe.py --variant lr1e-3 generator_learning_rate=1e-3 discriminator_learning_rate=1e-3
 
@@ -39,7 +39,7 @@ from cgan_keras.sampler import DigitSampler  # noqa: E402
 def parse_args(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--data", default="builtin", help="data source, as train.py --data")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps per variant")
+    parser.add_argument("--steps", type=int, default=TrainConfig().steps, help="training steps per variant")
     parser.add_argument("--eval-every", type=int, default=500, help="steps between evaluations")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits per class for label accuracy")
     parser.add_argument("--judge", default=str(judges.FILES), help="judge directory (default: the shipped judge)")
@@ -139,6 +139,9 @@ def main(argv=None):
     for name, *overrides in variants:
         # A variant may set its own steps and eval_every, e.g. to compare batch sizes at equal FLOPs.
         fields = {"steps": args.steps, "eval_every": args.eval_every, **dict(map(parse_override, overrides))}
+        if fields["steps"] % fields["eval_every"]:
+            raise SystemExit(f"recipe.py: error: {name}: steps {fields['steps']} is no multiple of eval_every "
+                             f"{fields['eval_every']}")  # fmt: skip
         config = TrainConfig(**fields, log_every=fields["eval_every"], out="unused")
         keras.utils.set_random_seed(config.seed)
         gan = training.build_gan(config)

@@ -61,13 +61,11 @@ class TrainConfig:
 
     data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
     preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
-    steps: int = _field(3000, "training steps (discriminator on fakes, on reals, then generator)")
+    steps: int = _field(6800, "training steps (discriminator on fakes, on reals, then generator)")
     batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
     latent_dim: int = _field(64, "length of the noise vector fed to the generator")
-    generator_filters: tuple[int, ...] = _field(
-        (128, 64), "channels of the generator's hidden maps, smallest map first"
-    )
-    discriminator_filters: tuple[int, ...] = _field((64, 128), "channels of the discriminator's convolutions")
+    generator_filters: tuple[int, ...] = _field((80, 40), "channels of the generator's hidden maps, smallest map first")
+    discriminator_filters: tuple[int, ...] = _field((40, 80), "channels of the discriminator's convolutions")
     digit_at_every_scale: bool = _field(True, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
