@@ -19,6 +19,8 @@ time each `fit` call spends outside its steps. Variants, each against `default`
     bf16       `--mixed-precision on`, which on a CPU means the `mixed_bfloat16` policy (checked)
     float32    `--mixed-precision off` (`default` is `auto`: bfloat16 on CPUs that compute in it natively)
     seed       the seed preset's networks and AdaDelta (`TrainConfig.from_preset("seed")`)
+    fit        a bare `fit` with `train.py`'s settings (`TrainConfig()`, so `auto` precision; no XLA) in
+               epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
                `--mixed-precision auto` choose, timing XLA first), its callbacks, grids and checkpoints
                every 100 steps, verbose 2; s/step is the mean after the warm-up over `--run-steps`,
@@ -64,6 +66,7 @@ VARIANTS = {
     "bf16": {"mixed_precision": "on"},
     "float32": {"mixed_precision": "off"},
     "seed": {"preset": "seed"},
+    "fit": {},
     "train.py": {},
 }
 
@@ -175,6 +178,24 @@ def run_train_py(batch_size, images, labels, args):
     return seconds, f"{args.run_steps} x 1", ends[args.warmup_steps - 1] - started, None, flops, note
 
 
+def run_bare_fit(batch_size, images, labels, args):
+    """Times a bare `fit` of `TrainConfig()`'s model in 100-step epochs as the `train.py` row is timed."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    config = TrainConfig(data="builtin", batch_size=batch_size, jit_compile="off")
+    gan = training.build_gan(config)
+    timer = RunTimer(args.warmup_steps, args.run_steps)
+    started = time.perf_counter()
+    epochs = math.ceil((args.warmup_steps + args.run_steps) / config.log_every) + 1
+    dataset = make_dataset(images, labels, batch_size, seed=config.seed)
+    gan.fit(dataset, steps_per_epoch=config.log_every, epochs=epochs, callbacks=[timer], verbose=0)
+    ends = timer.batch_ends
+    seconds = (ends[-1] - ends[args.warmup_steps - 1]) / args.run_steps
+    policy = gan.generator.dtype_policy.name
+    flops = sum(step_flops(gan).values()) * batch_size
+    return seconds, f"{args.run_steps} x 1", ends[args.warmup_steps - 1] - started, None, flops, f"precision {policy}"
+
+
 def run_variant(name, batch_size, images, labels, args):
     """Builds and times one variant.
 
@@ -183,6 +204,8 @@ def run_variant(name, batch_size, images, labels, args):
     """
     if name == "train.py":
         return run_train_py(batch_size, images, labels, args)
+    if name == "fit":
+        return run_bare_fit(batch_size, images, labels, args)
     # Fixed, not `auto`: each variant changes one thing against float32 without XLA.
     overrides = {"jit_compile": "off", "mixed_precision": "off", **VARIANTS[name]}
     synthetic = overrides.pop("synthetic", False)
