@@ -34,7 +34,12 @@ def noise_batches(count, latent_dim, seed=None, truncation=None, batch_size=BATC
 
     Yields:
         float32 `(n, latent_dim)`, `n <= batch_size`.
+
+    Raises:
+        ValueError: `truncation` is not None and not positive (no value could be drawn).
     """
+    if truncation is not None and not truncation > 0:
+        raise ValueError(f"`truncation` must be None or a positive number. Received: truncation={truncation}")
     rng = np.random.default_rng(seed)
     for start in range(0, count, batch_size):
         noise = rng.standard_normal((min(batch_size, count - start), latent_dim), dtype=np.float32)
@@ -112,8 +117,6 @@ class DigitSampler:
         Memory stays bounded for any count, and the images are those `__call__` returns.
         """
         digits = self._check_digits(digits)
-        if truncation is not None and not truncation > 0:
-            raise ValueError(f"`truncation` must be None or a positive number. Received: truncation={truncation}")
         noise = noise_batches(len(digits), self.latent_dim, seed, truncation)
         for start, batch_noise in zip(range(0, len(digits), BATCH_SIZE), noise, strict=True):
             yield start, self.forward(digits[start : start + len(batch_noise)], batch_noise)
@@ -135,11 +138,7 @@ class DigitSampler:
                 f"Expected noise of shape ({len(digits)}, {self.latent_dim}), one row per digit. "
                 f"Received: noise.shape={noise.shape}"
             )
-        batches = [
-            self.forward(digits[start : start + BATCH_SIZE], noise[start : start + BATCH_SIZE])
-            for start in range(0, len(digits), BATCH_SIZE)
-        ]
-        return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
+        return self._in_batches(self.forward, digits, noise)
 
     def interpolate(self, start, end, frames, count, seed=None, truncation=None):
         """Morphs digit `start` into digit `end`, for `count` fixed noise vectors.
@@ -165,11 +164,15 @@ class DigitSampler:
         one_hot = np.eye(self.num_classes, dtype=np.float32)
         conditions = np.tile((1 - weights) * one_hot[start] + weights * one_hot[end], (count, 1))
         noise = np.repeat(sample_noise(count, self.latent_dim, seed, truncation), frames, axis=0)
-        images = [
-            self.on_condition(conditions[first : first + BATCH_SIZE], noise[first : first + BATCH_SIZE])
-            for first in range(0, len(noise), BATCH_SIZE)
+        return self._in_batches(self.on_condition, conditions, noise).reshape(count, frames, *self.image_shape)
+
+    def _in_batches(self, forward, conditions, noise):
+        """`forward(conditions, noise)` on at most `BATCH_SIZE` rows at a time, concatenated."""
+        batches = [
+            forward(conditions[start : start + BATCH_SIZE], noise[start : start + BATCH_SIZE])
+            for start in range(0, len(noise), BATCH_SIZE)
         ]
-        return np.concatenate(images).reshape(count, frames, *self.image_shape)
+        return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
 
     def _check_digits(self, digits):
         digits = np.asarray(digits, dtype=np.int32).reshape(-1)
@@ -190,7 +193,6 @@ class DigitSampler:
         from cgan_keras import models
 
         latent_dim = network.input["noise"].shape[-1]
-        on_condition = models.with_condition_input(network)
 
         def compiled(network_call, first_input):
             # A compiled call with a fixed signature, traced once: eager calls cost
@@ -202,6 +204,13 @@ class DigitSampler:
             )
             return lambda first, noise: inference(tf.constant(first), tf.constant(noise)).numpy()
 
+        def condition_forward():  # only interpolation needs the rewired network: not built for every sampler
+            on_condition = models.with_condition_input(network)
+            return compiled(
+                lambda condition, noise: on_condition([condition, noise], training=False),
+                tf.TensorSpec([None, num_classes], tf.float32, name="condition"),
+            )
+
         return cls(
             compiled(
                 lambda digits, noise: network({"digit": digits, "noise": noise}, training=False),
@@ -210,10 +219,7 @@ class DigitSampler:
             latent_dim,
             network.output.shape[1:],
             num_classes,
-            compiled(
-                lambda condition, noise: on_condition([condition, noise], training=False),
-                tf.TensorSpec([None, num_classes], tf.float32, name="condition"),
-            ),
+            _built_on_first_call(condition_forward),
         )
 
     @classmethod
@@ -286,14 +292,29 @@ class DigitSampler:
         def forward(digits, noise):
             return session.run(["images"], {"digit": digits, "noise": noise})[0]
 
-        condition_sessions = []  # built on first use: only interpolation needs it, and `onnx` costs an import
+        def condition_forward():  # only interpolation needs it, and `onnx` costs an import
+            cut = _condition_session(path, session.get_providers())
+            return lambda condition, noise: cut.run(["images"], {"condition": condition, "noise": noise})[0]
 
-        def on_condition(condition, noise):
-            if not condition_sessions:
-                condition_sessions.append(_condition_session(path, session.get_providers()))
-            return condition_sessions[0].run(["images"], {"condition": condition, "noise": noise})[0]
+        return cls(
+            forward,
+            inputs["noise"].shape[1],
+            images.shape[1:],
+            int(metadata["num_classes"]),
+            _built_on_first_call(condition_forward),
+        )
 
-        return cls(forward, inputs["noise"].shape[1], images.shape[1:], int(metadata["num_classes"]), on_condition)
+
+def _built_on_first_call(build):
+    """A forward function that calls `build()` once, on its first call, and then what `build` returned."""
+    built = []
+
+    def forward(first, noise):
+        if not built:
+            built.append(build())
+        return built[0](first, noise)
+
+    return forward
 
 
 def _condition_session(path, providers):

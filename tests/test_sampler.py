@@ -15,6 +15,13 @@ def exported(tmp_path_factory):
     return gan, export.export_generator(gan, directory / "generator"), export.export_onnx(gan, directory / "g.onnx")
 
 
+@pytest.fixture(scope="module")
+def samplers(exported):
+    """The same tiny generator three ways: from the GAN, its SavedModel and its ONNX file."""
+    gan, saved_model, onnx_path = exported
+    return [DigitSampler.from_gan(gan), DigitSampler.from_saved_model(saved_model), DigitSampler.from_onnx(onnx_path)]
+
+
 def fake_sampler(forward=None):
     """A sampler over a cheap function: each image is filled with its digit / 10."""
 
@@ -83,13 +90,7 @@ def test_from_gan_is_seeded_and_maps_the_generator_to_unit_range(exported):
     assert not np.array_equal(sampler([0, 4, 9], seed=3, truncation=0.5), images)
 
 
-def test_gan_saved_model_and_onnx_samplers_agree(exported):
-    gan, saved_model, onnx_path = exported
-    samplers = [
-        DigitSampler.from_gan(gan),
-        DigitSampler.from_saved_model(saved_model),
-        DigitSampler.from_onnx(onnx_path),
-    ]
+def test_gan_saved_model_and_onnx_samplers_agree(samplers):
     for sampler in samplers:
         assert (sampler.latent_dim, sampler.image_shape, sampler.num_classes) == (LATENT_DIM, (28, 28, 1), 10)
     digits = np.arange(20) % 10
@@ -126,13 +127,7 @@ def test_from_onnx_rejects_a_missing_truncated_or_foreign_file(exported, tmp_pat
         DigitSampler.from_onnx(foreign)
 
 
-def test_interpolation_goes_from_the_first_digit_to_the_second_and_agrees_across_exports(exported):
-    gan, saved_model, onnx_path = exported
-    samplers = [
-        DigitSampler.from_gan(gan),
-        DigitSampler.from_saved_model(saved_model),
-        DigitSampler.from_onnx(onnx_path),
-    ]
+def test_interpolation_goes_from_the_first_digit_to_the_second_and_agrees_across_exports(samplers):
     frames = [sampler.interpolate(3, 8, frames=5, count=2, seed=4, truncation=1.0) for sampler in samplers]
     assert frames[0].shape == (2, 5, 28, 28, 1) and frames[0].dtype == np.float32
     for other in frames[1:]:
@@ -152,3 +147,6 @@ def test_interpolation_rejects_bad_arguments_and_models_without_a_condition_inpu
         sampler.interpolate(3, 8, frames=1, count=1)
     with pytest.raises(ValueError, match="no condition input"):
         sampler.interpolate(3, 8, frames=4, count=1)
+    with_condition = DigitSampler(sampler.forward, LATENT_DIM, (28, 28, 1), 10, on_condition=sampler.forward)
+    with pytest.raises(ValueError, match="Received: truncation=0"):  # no value lies within +-0: never drawn
+        with_condition.interpolate(3, 8, frames=4, count=1, truncation=0)
