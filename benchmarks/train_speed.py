@@ -171,11 +171,9 @@ def run_train_py(batch_size, images, labels, args):
         training.prepare_directory(config)
         gan, _ = training.run(config, images, labels, callbacks=[timer], verbose=2)
         choice = dataclasses.replace(SpeedChoice.load(Path(out) / "speed.json"), recorded=False)  # decided by this run
-    ends = timer.batch_ends
-    seconds = (ends[-1] - ends[args.warmup_steps - 1]) / args.run_steps
-    flops = sum(step_flops(gan).values()) * batch_size
-    note = f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"
-    return seconds, f"{args.run_steps} x 1", ends[args.warmup_steps - 1] - started, None, flops, note
+    return timed_run_row(
+        gan, timer, started, batch_size, f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"
+    )
 
 
 def run_bare_fit(batch_size, images, labels, args):
@@ -189,11 +187,15 @@ def run_bare_fit(batch_size, images, labels, args):
     epochs = math.ceil((args.warmup_steps + args.run_steps) / config.log_every) + 1
     dataset = make_dataset(images, labels, batch_size, seed=config.seed)
     gan.fit(dataset, steps_per_epoch=config.log_every, epochs=epochs, callbacks=[timer], verbose=0)
-    ends = timer.batch_ends
-    seconds = (ends[-1] - ends[args.warmup_steps - 1]) / args.run_steps
-    policy = gan.generator.dtype_policy.name
+    return timed_run_row(gan, timer, started, batch_size, f"precision {gan.generator.dtype_policy.name}")
+
+
+def timed_run_row(gan, timer, started, batch_size, note):
+    """A `run_variant` result from a `RunTimer`: the mean step after its warm-up, the warm-up's seconds."""
+    warmed_up = timer.batch_ends[timer.warmup_steps - 1]
+    seconds = (timer.batch_ends[-1] - warmed_up) / timer.timed_steps
     flops = sum(step_flops(gan).values()) * batch_size
-    return seconds, f"{args.run_steps} x 1", ends[args.warmup_steps - 1] - started, None, flops, f"precision {policy}"
+    return seconds, f"{timer.timed_steps} x 1", warmed_up - started, None, flops, note
 
 
 def run_variant(name, batch_size, images, labels, args):
