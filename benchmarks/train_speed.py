@@ -29,7 +29,9 @@ time each `fit` call spends outside its steps. Variants, each against `default`
 FLOPs per step are counted from the layer shapes (conv, transposed conv, dense;
 see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
 the same run. Peak memory is the process's `ru_maxrss` after each row, so it only grows.
-`--json PATH` also writes the rows as a JSON list of objects (`variant`, `batch`,
+`--rounds N` runs every row N times, interleaved (all variants, then all again), and
+shows the round with the median s/step, the others in its note: the way to compare rows
+on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON list of objects (`variant`, `batch`,
 `s_per_step`, `mfu`, `peak_gflops`, ...; `null` figures for a skipped variant).
 """
 
@@ -80,13 +82,16 @@ def parse_args(argv=None):
     parser.add_argument("--seconds", type=float, default=1.0, help="target length of one timed fit")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps of the untimed first fit")
     parser.add_argument("--run-steps", type=int, default=300, help="steps timed in the train.py row, after warm-up")
+    parser.add_argument("--rounds", type=int, default=1, help="times every row is run, interleaved (median shown)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows to PATH as JSON")
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 64, 2 repeats of 3 steps")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.repeats, args.steps, args.warmup_steps, args.run_steps = [64], 2, 3, 2, 3
-    if min(args.batch_sizes + [args.repeats, args.steps or 1, args.warmup_steps, args.run_steps]) < 1:
-        parser.error("--batch-sizes, --repeats, --steps, --warmup-steps and --run-steps must be positive integers.")
+    if min(args.batch_sizes + [args.repeats, args.rounds, args.steps or 1, args.warmup_steps, args.run_steps]) < 1:
+        parser.error(
+            "--batch-sizes, --repeats, --rounds, --steps, --warmup-steps and --run-steps must be positive integers."
+        )
     return args
 
 
@@ -228,6 +233,12 @@ def run_variant(name, batch_size, images, labels, args):
     return seconds, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
 
 
+def median_round(rounds):
+    """The `run_variant` result of the round with the median s/step (the lower middle one for an even count)."""
+    seconds = statistics.median_low(result[0] for result in rounds)
+    return next(result for result in rounds if result[0] == seconds)
+
+
 def main(argv=None):
     args = parse_args(argv)
     print("\n".join(common.environment_lines()))
@@ -240,6 +251,20 @@ def main(argv=None):
         print(f"{preset} preset, MFLOP per real digit per step: {listed}; total {sum(parts.values()) / 1e6:.2f}")
     headers = ["batch", "variant", "s/step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
     headers += ["speedup vs default", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
+    # Rounds interleave the variants, so that a slow spell of a shared machine hits all of them alike.
+    results, skipped = {}, {}
+    for _ in range(args.rounds):
+        for batch_size in args.batch_sizes:
+            for name in args.variants:
+                if (batch_size, name) in skipped:
+                    continue
+                try:
+                    result = run_variant(name, batch_size, images, labels, args)
+                except Exception as error:  # a variant that cannot run is reported, not fatal
+                    skipped[batch_size, name] = f"skipped: {common.one_line(error)}"
+                    continue
+                results.setdefault((batch_size, name), []).append(result)
+                print(f"  done: batch {batch_size} {name} {result[0]:.4f} s/step", file=sys.stderr, flush=True)
     rows, records = [], []
     for batch_size in args.batch_sizes:
         baseline = None
@@ -247,14 +272,14 @@ def main(argv=None):
             record = {"variant": name, "batch": batch_size, "s_per_step": None, "mfu": None}
             record["peak_gflops"] = round(peak / 1e9, 1)
             records.append(record)
-            try:
-                seconds, steps, warmup_seconds, overhead, flops, note = run_variant(
-                    name, batch_size, images, labels, args
-                )
-            except Exception as error:  # a variant that cannot run is reported, not fatal
-                rows.append([str(batch_size), name] + ["-"] * 10 + [f"skipped: {common.one_line(error)}"])
-                record["note"] = f"skipped: {common.one_line(error)}"
+            if (batch_size, name) in skipped:
+                rows.append([str(batch_size), name] + ["-"] * 10 + [skipped[batch_size, name]])
+                record["note"] = skipped[batch_size, name]
                 continue
+            rounds = results[batch_size, name]
+            seconds, steps, warmup_seconds, overhead, flops, note = median_round(rounds)
+            if len(rounds) > 1:
+                note = "; ".join(filter(None, [note, "rounds: " + " ".join(f"{r[0]:.4f}" for r in rounds)]))
             baseline = seconds if name == "default" else baseline
             max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             record.update(
@@ -281,7 +306,6 @@ def main(argv=None):
                     note,
                 ]
             )
-            print(f"  done: batch {batch_size} {name} {seconds:.4f} s/step", file=sys.stderr, flush=True)
     if args.json:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(records, indent=2) + "\n")
