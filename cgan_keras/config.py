@@ -73,7 +73,10 @@ class TrainConfig:
     discriminator_learning_rate: float = _field(1e-3, "learning rate of the discriminator's optimizer")
     cosine_decay: bool = _field(False, "decay both learning rates to 0 along a cosine over the run's steps")
     beta_1: float = _field(0.5, "Adam's first-moment decay")
-    loss: str = _field("hinge", "loss of both networks: non_saturating (binary cross-entropy) or hinge")
+    beta_2: float = _field(0.99, "Adam's second-moment decay")
+    loss: str = _field(
+        "hinge", "non_saturating (binary cross-entropy for both networks) or hinge (the generator's loss: -logit)"
+    )
     label_smoothing: float = _field(0.0, "one-sided smoothing: the real target is 1 - label_smoothing")
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"

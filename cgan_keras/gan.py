@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from cgan_keras import data, ema, models
+from cgan_keras import data, ema, losses, models
 
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
@@ -88,22 +88,33 @@ class ConditionalGAN(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
 
-    def compile(self, generator_optimizer=None, discriminator_optimizer=None, label_smoothing=0.0, loss=None, **kwargs):
+    def compile(
+        self,
+        generator_optimizer=None,
+        discriminator_optimizer=None,
+        label_smoothing=0.0,
+        loss=None,
+        generator_loss=None,
+        **kwargs,
+    ):
         """Configures training.
 
         Args:
             generator_optimizer: optimizer of the generator; `None` means
-                `Adam(1e-3, beta_1=0.5)`. It is also `model.optimizer`, whose
+                `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It is also `model.optimizer`, whose
                 `iterations` count training steps (what callbacks read).
             discriminator_optimizer: optimizer of the discriminator; `None`
-                means `Adam(1e-3, beta_1=0.5)`. It steps twice per training
+                means `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It steps twice per training
                 step (fake batch, then real batch).
             label_smoothing: one-sided smoothing: the discriminator's target
                 for real digits is `1 - label_smoothing`.
-            loss: the loss of both networks on logits, with targets 0 (fake)
+            loss: the discriminator's loss on logits, with targets 0 (fake)
                 and 1 (real); `None` means `keras.losses.Hinge()` (targets 0/1
                 become -1/1); `BinaryCrossentropy(from_logits=True)` is the
                 non-saturating GAN loss.
+            generator_loss: the generator's loss on the logits of its fakes,
+                all with target 1 (real); `None` means `losses.LinearLoss()`
+                (the hinge GAN's, `-logit`) when `loss` is a `Hinge`, else `loss`.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
@@ -120,6 +131,9 @@ class ConditionalGAN(keras.Model):
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
         self.loss_fn = keras.losses.get(loss or keras.losses.Hinge())
+        if generator_loss is None:
+            generator_loss = losses.LinearLoss() if isinstance(self.loss_fn, keras.losses.Hinge) else self.loss_fn
+        self.generator_loss_fn = keras.losses.get(generator_loss)
         # Built now, not lazily in the first step, so that load_weights and
         # BackupAndRestore find every optimizer variable to restore.
         self.generator_optimizer.build(self.generator.trainable_variables)
@@ -129,6 +143,7 @@ class ConditionalGAN(keras.Model):
             discriminator_optimizer=discriminator_optimizer,
             label_smoothing=label_smoothing,
             loss=self.loss_fn,
+            generator_loss=self.generator_loss_fn,
             **kwargs,
         )
 
@@ -198,7 +213,7 @@ class ConditionalGAN(keras.Model):
                 d_loss_fake, fake_logits = update_discriminator(fake_images, fake_digits, fake_target)
                 d_loss_real, real_logits = update_discriminator(real_images, real_digits, real_target)
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
-            g_loss = self.loss_fn(fooled_target, fooled_logits)
+            g_loss = self.generator_loss_fn(fooled_target, fooled_logits)
             scaled_g_loss = self.generator_optimizer.scale_loss(g_loss)
         generator_weights = self.generator.trainable_variables
         self.generator_optimizer.apply(generator_tape.gradient(scaled_g_loss, generator_weights), generator_weights)
@@ -215,7 +230,7 @@ class ConditionalGAN(keras.Model):
         fake_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=False)
         real_logits = self.discriminator({"image": real_images, "digit": real_digits}, training=False)
         d_loss = self.loss_fn(fake_target, fake_logits) + self.loss_fn(real_target, real_logits)
-        g_loss = self.loss_fn(fooled_target, fake_logits)
+        g_loss = self.generator_loss_fn(fooled_target, fake_logits)
         return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
 
     def _fakes_and_targets(self, real_images):
@@ -301,4 +316,4 @@ def _replica_context():
 
 
 def _default_optimizer():
-    return keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.5)
+    return keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.5, beta_2=0.99)

@@ -121,7 +121,7 @@ def _optimizer(config, learning_rate, updates_per_step):
     if config.optimizer == "adadelta":
         # The seed's AdaDelta: rho 0.92, epsilon 1e-6, each gradient element clipped to [-1, 1].
         return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0)
-    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1)
+    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
 
 
 def prepare_directory(config, resume=False, overwrite=False):

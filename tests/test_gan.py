@@ -7,6 +7,7 @@ import tensorflow as tf
 from support import LATENT_DIM, tiny_gan
 
 from cgan_keras.gan import ConditionalGAN
+from cgan_keras.losses import LinearLoss
 from cgan_keras.sampler import DigitSampler
 
 
@@ -45,6 +46,13 @@ def test_generator_update_goes_through_the_discriminator_with_flipped_labels(dig
     for _ in range(5):
         gan.train_on_batch(*digits)
     assert fooled() > before  # the generator learned to make the frozen critic say "real"
+
+
+def test_the_hinge_gan_trains_the_generator_on_the_raw_logit_other_losses_on_themselves():
+    hinge = tiny_gan()  # the default loss is the hinge
+    assert isinstance(hinge.loss_fn, keras.losses.Hinge) and isinstance(hinge.generator_loss_fn, LinearLoss)
+    cross_entropy = tiny_gan(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    assert cross_entropy.generator_loss_fn is cross_entropy.loss_fn
 
 
 def test_fit_accepts_int_and_one_hot_labels_and_datasets(digits):
@@ -143,7 +151,7 @@ def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "compile() was not called" and no unbuilt-state warnings
         loaded = keras.models.load_model(tmp_path / "gan.keras")  # safe_mode, no custom_objects
-    assert isinstance(loaded, ConditionalGAN)
+    assert isinstance(loaded, ConditionalGAN) and isinstance(loaded.generator_loss_fn, LinearLoss)
     sample = DigitSampler.from_gan(loaded)(range(10), seed=0)
     np.testing.assert_allclose(sample, DigitSampler.from_gan(gan)(range(10), seed=0), atol=1e-6)
     assert int(loaded.optimizer.iterations) == 4
