@@ -15,7 +15,7 @@ class LinearLoss(keras.losses.Loss):
 
     Example:
 
-    >>> LinearLoss()(ops.ones((2, 1)), ops.array([[0.5], [1.5]]))  # -(0.5 + 1.5) / 2
+    >>> float(LinearLoss()(ops.ones((2, 1)), ops.array([[0.5], [1.5]])))  # -(0.5 + 1.5) / 2
     -1.0
     """
 
