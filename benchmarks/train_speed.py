@@ -31,8 +31,9 @@ see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
 the same run. Peak memory is the process's `ru_maxrss` after each row, so it only grows.
 `--rounds N` runs every row N times, interleaved (all variants, then all again), and
 shows the round with the median s/step, the others in its note: the way to compare rows
-on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON list of objects (`variant`, `batch`,
-`s_per_step`, `mfu`, `peak_gflops`, ...; `null` figures for a skipped variant).
+on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON
+list of objects (`variant`, `batch`, `s_per_step`, `mfu`, `peak_gflops`, ...; `null`
+figures for a skipped variant).
 """
 
 import contextlib

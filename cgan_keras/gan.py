@@ -101,11 +101,12 @@ class ConditionalGAN(keras.Model):
 
         Args:
             generator_optimizer: optimizer of the generator; `None` means
-                `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It is also `model.optimizer`, whose
-                `iterations` count training steps (what callbacks read).
+                `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It is also
+                `model.optimizer`, whose `iterations` count training steps
+                (what callbacks read).
             discriminator_optimizer: optimizer of the discriminator; `None`
-                means `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It steps twice per training
-                step (fake batch, then real batch).
+                means `Adam(1e-3, beta_1=0.5, beta_2=0.99)`. It steps twice
+                per training step (fake batch, then real batch).
             label_smoothing: one-sided smoothing: the discriminator's target
                 for real digits is `1 - label_smoothing`.
             loss: the discriminator's loss on logits, with targets 0 (fake)
