@@ -235,7 +235,7 @@ def run_variant(name, batch_size, images, labels, args):
 
 
 def median_round(rounds):
-    """The `run_variant` result of the round with the median s/step (the lower middle one for an even count)."""
+    """The round (a `run_variant` result and the max RSS after it) with the median s/step (lower middle if even)."""
     seconds = statistics.median_low(result[0] for result in rounds)
     return next(result for result in rounds if result[0] == seconds)
 
@@ -264,7 +264,9 @@ def main(argv=None):
                 except Exception as error:  # a variant that cannot run is reported, not fatal
                     skipped[batch_size, name] = f"skipped: {common.one_line(error)}"
                     continue
-                results.setdefault((batch_size, name), []).append(result)
+                # Read right after the row ran: the peak memory so far, which only grows.
+                max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                results.setdefault((batch_size, name), []).append((*result, max_rss))
                 print(f"  done: batch {batch_size} {name} {result[0]:.4f} s/step", file=sys.stderr, flush=True)
     rows, records = [], []
     for batch_size in args.batch_sizes:
@@ -278,11 +280,10 @@ def main(argv=None):
                 record["note"] = skipped[batch_size, name]
                 continue
             rounds = results[batch_size, name]
-            seconds, steps, warmup_seconds, overhead, flops, note = median_round(rounds)
+            seconds, steps, warmup_seconds, overhead, flops, note, max_rss = median_round(rounds)
             if len(rounds) > 1:
                 note = "; ".join(filter(None, [note, "rounds: " + " ".join(f"{r[0]:.4f}" for r in rounds)]))
             baseline = seconds if name == "default" else baseline
-            max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             record.update(
                 s_per_step=round(seconds, 5),
                 mfu=round(flops / seconds / peak, 4),
