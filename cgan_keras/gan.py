@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from cgan_keras import data, ema, losses, models
+from cgan_keras.config import TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
@@ -121,8 +122,13 @@ class ConditionalGAN(keras.Model):
         """
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
-        generator_optimizer = keras.optimizers.get(generator_optimizer or _default_optimizer())
-        discriminator_optimizer = keras.optimizers.get(discriminator_optimizer or _default_optimizer())
+        recipe = TrainConfig()
+        generator_optimizer = keras.optimizers.get(
+            generator_optimizer or _recipe_adam(recipe, recipe.generator_learning_rate)
+        )
+        discriminator_optimizer = keras.optimizers.get(
+            discriminator_optimizer or _recipe_adam(recipe, recipe.discriminator_learning_rate)
+        )
         # Under mixed_float16, Keras wraps `optimizer` in a LossScaleOptimizer;
         # the discriminator's needs the same, by hand.
         super().compile(optimizer=generator_optimizer, **kwargs)
@@ -316,5 +322,6 @@ def _replica_context():
     return context.num_replicas_in_sync, context.replica_id_in_sync_group
 
 
-def _default_optimizer():
-    return keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.5, beta_2=0.99)
+def _recipe_adam(recipe, learning_rate):
+    """The default recipe's Adam (`TrainConfig`'s betas), so `compile()` trains as `train.py` does."""
+    return keras.optimizers.Adam(learning_rate, beta_1=recipe.beta_1, beta_2=recipe.beta_2)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from support import LATENT_DIM, tiny_gan
 
+from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN
 from cgan_keras.losses import LinearLoss
 from cgan_keras.sampler import DigitSampler
@@ -46,6 +47,17 @@ def test_generator_update_goes_through_the_discriminator_with_flipped_labels(dig
     for _ in range(5):
         gan.train_on_batch(*digits)
     assert fooled() > before  # the generator learned to make the frozen critic say "real"
+
+
+def test_compile_defaults_to_the_recipes_adam_for_both_networks():
+    gan, recipe = tiny_gan(), TrainConfig()
+    for optimizer, learning_rate in [
+        (gan.generator_optimizer, recipe.generator_learning_rate),
+        (gan.discriminator_optimizer, recipe.discriminator_learning_rate),
+    ]:
+        assert isinstance(optimizer, keras.optimizers.Adam)
+        assert (optimizer.beta_1, optimizer.beta_2) == (recipe.beta_1, recipe.beta_2)
+        np.testing.assert_allclose(float(optimizer.learning_rate), learning_rate)
 
 
 def test_the_hinge_gan_trains_the_generator_on_the_raw_logit_other_losses_on_themselves():
