@@ -32,8 +32,10 @@ the same run. Peak memory is the process's `ru_maxrss` after each row, so it onl
 `--rounds N` runs every row N times, interleaved (all variants, then all again), and
 shows the round with the median s/step, the others in its note: the way to compare rows
 on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON
-list of objects (`variant`, `batch`, `s_per_step`, `mfu`, `peak_gflops`, ...; `null`
-figures for a skipped variant).
+list of objects (`variant`, `batch`, `s_per_step`, `mfu`, `peak_gflops`,
+`vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
+is each row's s/step over the fastest row's of the same round (median over rounds):
+rows of one round ran minutes apart, so the paired ratio drifts less than the medians.
 """
 
 import contextlib
@@ -240,6 +242,22 @@ def median_round(rounds):
     return next(result for result in rounds if result[0] == seconds)
 
 
+def ratios_to_fastest(results, batch_size, names):
+    """Each row's s/step over the fastest row's of the same round, per round: `{name: [ratio, ...]}`.
+
+    Rows of one round ran minutes apart, not hours, so a paired ratio is steadier than
+    comparing medians taken from different rounds of a machine whose speed drifts.
+    """
+    timed = [name for name in names if (batch_size, name) in results]
+    rounds = min((len(results[batch_size, name]) for name in timed), default=0)
+    ratios = {name: [] for name in timed}
+    for index in range(rounds):
+        fastest = min(results[batch_size, name][index][0] for name in timed)
+        for name in timed:
+            ratios[name].append(results[batch_size, name][index][0] / fastest)
+    return ratios
+
+
 def main(argv=None):
     args = parse_args(argv)
     print("\n".join(common.environment_lines()))
@@ -251,7 +269,7 @@ def main(argv=None):
         listed = ", ".join(f"{part} {flops / 1e6:.2f}" for part, flops in parts.items())
         print(f"{preset} preset, MFLOP per real digit per step: {listed}; total {sum(parts.values()) / 1e6:.2f}")
     headers = ["batch", "variant", "s/step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
-    headers += ["speedup vs default", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
+    headers += ["speedup vs default", "vs round's fastest", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
     # Rounds interleave the variants, so that a slow spell of a shared machine hits all of them alike.
     results, skipped = {}, {}
     for _ in range(args.rounds):
@@ -271,22 +289,26 @@ def main(argv=None):
     rows, records = [], []
     for batch_size in args.batch_sizes:
         baseline = None
+        paired = ratios_to_fastest(results, batch_size, args.variants)
         for name in args.variants:
             record = {"variant": name, "batch": batch_size, "s_per_step": None, "mfu": None}
             record["peak_gflops"] = round(peak / 1e9, 1)
             records.append(record)
             if (batch_size, name) in skipped:
-                rows.append([str(batch_size), name] + ["-"] * 10 + [skipped[batch_size, name]])
+                rows.append([str(batch_size), name] + ["-"] * 11 + [skipped[batch_size, name]])
                 record["note"] = skipped[batch_size, name]
                 continue
             rounds = results[batch_size, name]
             seconds, steps, warmup_seconds, overhead, flops, note, max_rss = median_round(rounds)
+            ratios = paired.get(name, [])
             if len(rounds) > 1:
                 note = "; ".join(filter(None, [note, "rounds: " + " ".join(f"{r[0]:.4f}" for r in rounds)]))
+                note += " (vs fastest: " + " ".join(f"{ratio:.2f}x" for ratio in ratios) + ")"
             baseline = seconds if name == "default" else baseline
             record.update(
                 s_per_step=round(seconds, 5),
                 mfu=round(flops / seconds / peak, 4),
+                vs_fastest_in_round=round(statistics.median(ratios), 4) if ratios else None,
                 gflop_per_step=round(flops / 1e9, 3),
                 warmup_seconds=round(warmup_seconds, 1),
                 note=note,
@@ -302,6 +324,7 @@ def main(argv=None):
                     f"{flops / seconds / 1e9:.1f}",
                     f"{flops / seconds / peak:.1%}",
                     f"{baseline / seconds:.2f}x" if baseline else "-",
+                    f"{statistics.median(ratios):.3f}x" if ratios else "-",
                     f"{warmup_seconds:.1f}",
                     "-" if overhead is None else f"{overhead:.3f}",
                     f"{max_rss:.0f}",
@@ -318,6 +341,7 @@ def main(argv=None):
         "fit overhead: the rest of a fit call (setup, iterator, callbacks). digits/s: real digits, plus as many fakes."
     )
     print("MFU: model FLOPs/s over the float32 matmul peak, for bf16 too.")
+    print("vs round's fastest: the median over rounds of s/step over the fastest row's s/step in the same round.")
     print("train.py: mean s/step over --run-steps after the warm-up, epoch-end work included; warm-up s includes")
     print("the --jit-compile auto timing.")
 

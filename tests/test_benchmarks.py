@@ -1,0 +1,19 @@
+"""The benchmark scripts' own arithmetic (their timings are never asserted)."""
+
+import pytest
+
+from benchmarks.train_speed import ratios_to_fastest
+
+
+def test_ratios_to_fastest_pair_rows_of_the_same_round():
+    # Round 2 runs 2x slower throughout: the paired ratios do not see it.
+    results = {(64, "fit"): [(0.05,), (0.10,)], (64, "train.py"): [(0.055,), (0.11,)], (32, "fit"): [(1.0,)]}
+    ratios = ratios_to_fastest(results, 64, ["fit", "train.py", "xla"])
+    assert ratios["fit"] == [1.0, 1.0]
+    assert ratios["train.py"] == pytest.approx([1.1, 1.1])
+    assert "xla" not in ratios  # skipped at this batch size
+
+
+def test_ratios_to_fastest_use_only_rounds_every_row_has():
+    results = {(64, "a"): [(2.0,), (1.0,)], (64, "b"): [(1.0,)]}
+    assert ratios_to_fastest(results, 64, ["a", "b"]) == {"a": [2.0], "b": [1.0]}
