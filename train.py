@@ -139,7 +139,8 @@ def main(argv=None):
             log=print,
         )
     except training.Interrupted as interruption:
-        print(f"train.py: {interruption}; checkpoint and generator saved in {config.out}/; rerun with --resume")
+        saved = "saved" if interruption.saved_here else "saved by the chief (worker 0)"
+        print(f"train.py: {interruption}; checkpoint and generator {saved} in {config.out}/; rerun with --resume")
         sys.exit(128 + interruption.signum)
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)

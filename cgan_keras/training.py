@@ -166,11 +166,16 @@ def prepare_directory(config, resume=False, overwrite=False):
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal; the checkpoint and the artifacts so far are written."""
+    """Training stopped on a signal; the checkpoint and the artifacts so far are written.
 
-    def __init__(self, signum):
+    `saved_here` says whether this process wrote them to `config.out`: false on
+    the workers of a multi-worker run other than the chief, which writes them.
+    """
+
+    def __init__(self, signum, saved_here=True):
         super().__init__(f"stopped by {signum.name}")
         self.signum = signum
+        self.saved_here = saved_here
 
 
 def run(config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1, log=None):
@@ -286,7 +291,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         if (out / "history.csv").exists():  # not before the first --log-every steps
             plot.save_run_pictures(out)
         if stop.received:
-            raise Interrupted(stop.received)
+            raise Interrupted(stop.received, saved_here=chief)
         results = None
         if judge is not None and chief:
             results = report.evaluate_and_save(

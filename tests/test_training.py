@@ -104,6 +104,7 @@ def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly
     with pytest.raises(training.Interrupted) as stopped:
         training.run(config, *digits, callbacks=[SignalAtStep(5, signum)], verbose=0)
     assert stopped.value.signum == signum
+    assert stopped.value.saved_here  # a single process is its own chief
     assert {number: signal.getsignal(number) for number in handlers_before} == handlers_before
     generator = keras.models.load_model(tmp_path / "generator.keras")  # the generator after 5 steps
     assert generator.name == "generator"
