@@ -145,7 +145,7 @@ def main(argv=None):
         config = TrainConfig(**fields, log_every=fields["eval_every"], out="unused")
         keras.utils.set_random_seed(config.seed)
         gan = training.build_gan(config)
-        flops_per_step = sum(step_flops(gan).values()) * config.batch_size
+        flops_per_step = sum(step_flops(gan, config.batch_size).values()) * config.batch_size
         scores = Scores(judge, config.eval_every, args.per_class, config.seed, flops_per_step, name)
         dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
         gan.fit(dataset, epochs=config.steps // config.eval_every, steps_per_epoch=config.eval_every,

@@ -98,23 +98,31 @@ def parse_args(argv=None):
     return args
 
 
-def step_flops(gan):
-    """FLOPs per real digit of one `train_step`, by part; multiply by the batch size.
+def step_flops(gan, batch_size):
+    """FLOPs per real digit of one `train_step` at `batch_size`, by part; multiply by the batch size.
 
     The step runs: 1 generator forward; 3 discriminator forwards (fake batch,
     real batch, the generator's pass); 2 discriminator backwards to its weights
     (no gradient for its image input); 1 backward through the discriminator to
     its image input (not to its weights) and on through the generator to its
-    weights. The fake batch has as many digits as the real one.
+    weights. The fake batch has as many digits as the real one. With R1
+    (`gan.r1_gamma`), every `gan.r1_every`-th real digit also
+    costs a forward and a backward to the image, and the penalty's gradient
+    to the weights runs back through both: counted as twice their FLOPs
+    (backward ~ 2x forward), so 3x (forward + backward to the image) in all.
     """
     generator, discriminator = gan.generator, gan.discriminator
-    return {
+    backward_to_image = common.backward_flops(discriminator, False, differentiable_inputs=("image",))
+    parts = {
         "generator forward": common.forward_flops(generator),
         "3 discriminator forwards": 3 * common.forward_flops(discriminator),
         "2 discriminator updates": 2 * common.backward_flops(discriminator, weights_need_grad=True),
-        "generator update": common.backward_flops(discriminator, False, differentiable_inputs=("image",))
-        + common.backward_flops(generator, weights_need_grad=True),
+        "generator update": backward_to_image + common.backward_flops(generator, weights_need_grad=True),
     }
+    if getattr(gan, "r1_gamma", 0):
+        share = math.ceil(batch_size / gan.r1_every) / batch_size
+        parts["R1 penalty"] = share * 3 * (common.forward_flops(discriminator) + backward_to_image)
+    return parts
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -202,7 +210,7 @@ def timed_run_row(gan, timer, started, batch_size, note):
     """A `run_variant` result from a `RunTimer`: the mean step after its warm-up, the warm-up's seconds."""
     warmed_up = timer.batch_ends[timer.warmup_steps - 1]
     seconds = (timer.batch_ends[-1] - warmed_up) / timer.timed_steps
-    flops = sum(step_flops(gan).values()) * batch_size
+    flops = sum(step_flops(gan, batch_size).values()) * batch_size
     return seconds, f"{timer.timed_steps} x 1", warmed_up - started, None, flops, note
 
 
@@ -231,7 +239,7 @@ def run_variant(name, batch_size, images, labels, args):
         dataset = tf.data.Dataset.from_tensors(batch).repeat()
     else:
         dataset = make_dataset(images, labels, batch_size, seed=config.seed)
-    flops = sum(step_flops(gan).values()) * batch_size
+    flops = sum(step_flops(gan, batch_size).values()) * batch_size
     seconds, steps, warmup_seconds, overhead = time_fit(gan, dataset, args)
     return seconds, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
 
@@ -265,7 +273,8 @@ def main(argv=None):
     print(f"float32 matmul peak (fastest of 20 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
     images, labels = load_data("builtin")
     for preset in sorted({VARIANTS[name].get("preset", "default") for name in args.variants}):
-        parts = step_flops(build_gan(TrainConfig.from_preset(preset)))
+        config = TrainConfig.from_preset(preset)
+        parts = step_flops(build_gan(config), config.batch_size)
         listed = ", ".join(f"{part} {flops / 1e6:.2f}" for part, flops in parts.items())
         print(f"{preset} preset, MFLOP per real digit per step: {listed}; total {sum(parts.values()) / 1e6:.2f}")
     headers = ["batch", "variant", "s/step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]

@@ -25,6 +25,7 @@ PRESETS = {
         discriminator_learning_rate=1.0,
         label_smoothing=0.0,
         ema_decay=0.0,
+        r1_gamma=0.0,
         loss="non_saturating",
         digit_at_every_scale=False,
     ),
@@ -61,7 +62,7 @@ class TrainConfig:
 
     data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
     preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
-    steps: int = _field(6800, "training steps (discriminator on fakes, on reals, then generator)")
+    steps: int = _field(5900, "training steps (discriminator on fakes, on reals, then generator)")
     batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
     latent_dim: int = _field(64, "length of the noise vector fed to the generator")
     generator_filters: tuple[int, ...] = _field((80, 40), "channels of the generator's hidden maps, smallest map first")
@@ -78,6 +79,8 @@ class TrainConfig:
         "hinge", "non_saturating (binary cross-entropy for both networks) or hinge (the generator's loss: -logit)"
     )
     label_smoothing: float = _field(0.0, "one-sided smoothing: the real target is 1 - label_smoothing")
+    r1_gamma: float = _field(0.3, "weight gamma of the R1 penalty, gamma/2 |d logit / d image|^2 on reals; 0: none")
+    r1_every: int = _field(4, "the R1 penalty is computed on every r1_every-th real digit of each batch (1: all)")
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )
@@ -107,7 +110,7 @@ class TrainConfig:
             # These were booleans before they had `auto`: old config.json files and callers pass True/False.
             if isinstance(getattr(self, name), bool):
                 object.__setattr__(self, name, "on" if getattr(self, name) else "off")
-        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "cpu_replicas")
+        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "cpu_replicas", "r1_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
+        if self.r1_gamma < 0:
+            raise ValueError(f"`r1_gamma` must be >= 0. Received: r1_gamma={self.r1_gamma}")
         for name in ("generator_filters", "discriminator_filters"):
             # JSON gives lists back; the frozen config keeps tuples.
             object.__setattr__(self, name, tuple(getattr(self, name)))

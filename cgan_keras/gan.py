@@ -96,6 +96,8 @@ class ConditionalGAN(keras.Model):
         label_smoothing=0.0,
         loss=None,
         generator_loss=None,
+        r1_gamma=None,
+        r1_every=None,
         **kwargs,
     ):
         """Configures training.
@@ -117,12 +119,28 @@ class ConditionalGAN(keras.Model):
             generator_loss: the generator's loss on the logits of its fakes,
                 all with target 1 (real); `None` means `losses.LinearLoss()`
                 (the hinge GAN's, `-logit`) when `loss` is a `Hinge`, else `loss`.
+            r1_gamma: weight of the R1 penalty (Mescheder et al. 2018), added
+                to the discriminator's loss on real digits: `r1_gamma / 2`
+                times the mean squared norm of the logit's gradient with
+                respect to the image; 0 turns it off. It is not part of the
+                logged `d_loss`. `None` means the recipe's, 0.3.
+            r1_every: the penalty is computed on every `r1_every`-th real
+                digit of each batch (its cost shrinks with it; a stride, not
+                the first digits, so that N replicas penalize the digits one
+                device would). `None` means the recipe's, 4.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
         recipe = TrainConfig()
+        r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
+        r1_every = recipe.r1_every if r1_every is None else r1_every
+        if r1_gamma < 0 or not isinstance(r1_every, int) or r1_every < 1:
+            raise ValueError(
+                "`r1_gamma` must be >= 0 and `r1_every` a positive integer. "
+                f"Received: r1_gamma={r1_gamma}, r1_every={r1_every!r}"
+            )
         generator_optimizer = keras.optimizers.get(
             generator_optimizer or _recipe_adam(recipe, recipe.generator_learning_rate)
         )
@@ -137,6 +155,7 @@ class ConditionalGAN(keras.Model):
         if self.dtype_policy.name == "mixed_float16":
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
+        self.r1_gamma, self.r1_every = r1_gamma, r1_every
         self.loss_fn = keras.losses.get(loss or keras.losses.Hinge())
         if generator_loss is None:
             generator_loss = losses.LinearLoss() if isinstance(self.loss_fn, keras.losses.Hinge) else self.loss_fn
@@ -149,6 +168,8 @@ class ConditionalGAN(keras.Model):
             generator_optimizer=generator_optimizer,
             discriminator_optimizer=discriminator_optimizer,
             label_smoothing=label_smoothing,
+            r1_gamma=r1_gamma,
+            r1_every=r1_every,
             loss=self.loss_fn,
             generator_loss=self.generator_loss_fn,
             **kwargs,
@@ -218,7 +239,9 @@ class ConditionalGAN(keras.Model):
                     _update_discriminator, self.discriminator, self.discriminator_optimizer, self.loss_fn
                 )
                 d_loss_fake, fake_logits = update_discriminator(fake_images, fake_digits, fake_target)
-                d_loss_real, real_logits = update_discriminator(real_images, real_digits, real_target)
+                d_loss_real, real_logits = update_discriminator(
+                    real_images, real_digits, real_target, self.r1_gamma, self.r1_every
+                )
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
             g_loss = self.generator_loss_fn(fooled_target, fooled_logits)
             scaled_g_loss = self.generator_optimizer.scale_loss(g_loss)
@@ -279,16 +302,41 @@ class ConditionalGAN(keras.Model):
         return cls(**config)
 
 
-def _update_discriminator(discriminator, optimizer, loss_fn, images, digits, targets):
-    """One optimizer step of the discriminator on one batch; returns `(loss, logits)`."""
+def _update_discriminator(discriminator, optimizer, loss_fn, images, digits, targets, r1_gamma=0.0, r1_every=1):
+    """One optimizer step of the discriminator on one batch (R1 on every `r1_every`-th); returns `(loss, logits)`."""
     with tf.GradientTape() as tape:
         logits = discriminator({"image": images, "digit": digits}, training=True)
         loss = loss_fn(targets, logits)
+        penalized = loss
+        if r1_gamma:
+            replicas, _ = _replica_context()  # scaled like the Keras loss, so summed gradients average
+            penalty = r1_penalty(discriminator, images[::r1_every], digits[::r1_every])
+            penalized = loss + r1_gamma / 2 * penalty / replicas
         # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
-        scaled_loss = optimizer.scale_loss(loss)
+        scaled_loss = optimizer.scale_loss(penalized)
     weights = discriminator.trainable_variables
     optimizer.apply(tape.gradient(scaled_loss, weights), weights)
     return loss, logits
+
+
+def r1_penalty(discriminator, images, digits):
+    """R1's mean squared gradient norm: the mean over the batch of `|d logit / d image|^2`.
+
+    Args:
+        discriminator: a model with inputs `{"image", "digit"}` and logits `(N, 1)`.
+        images: float32 `(N, H, W, C)` in [-1, 1].
+        digits: int32 `(N,)`.
+
+    Returns:
+        A float32 scalar >= 0, differentiable with respect to the discriminator's weights.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        logits = discriminator({"image": images, "digit": digits}, training=True)
+        # Summed inside the tape: each logit depends on its own image only, so one gradient holds them all.
+        total = ops.sum(ops.cast(logits, "float32"))
+    gradients = ops.cast(tape.gradient(total, images), "float32")
+    return ops.mean(ops.sum(ops.square(gradients), axis=(1, 2, 3)))
 
 
 def _fake_batch(seed_generator, batch_size, latent_dim, num_classes):

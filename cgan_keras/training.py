@@ -104,6 +104,8 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                 # The discriminator's optimizer steps twice per training step (fake batch, real batch).
                 discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
                 label_smoothing=config.label_smoothing,
+                r1_gamma=config.r1_gamma,
+                r1_every=config.r1_every,
                 loss=keras.losses.Hinge()
                 if config.loss == "hinge"
                 else keras.losses.BinaryCrossentropy(from_logits=True),

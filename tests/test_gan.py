@@ -7,7 +7,7 @@ import tensorflow as tf
 from support import LATENT_DIM, tiny_gan
 
 from cgan_keras.config import TrainConfig
-from cgan_keras.gan import ConditionalGAN
+from cgan_keras.gan import ConditionalGAN, r1_penalty
 from cgan_keras.losses import LinearLoss
 from cgan_keras.sampler import DigitSampler
 
@@ -58,6 +58,7 @@ def test_compile_defaults_to_the_recipes_adam_for_both_networks():
         assert isinstance(optimizer, keras.optimizers.Adam)
         assert (optimizer.beta_1, optimizer.beta_2) == (recipe.beta_1, recipe.beta_2)
         np.testing.assert_allclose(float(optimizer.learning_rate), learning_rate)
+    assert (gan.r1_gamma, gan.r1_every) == (recipe.r1_gamma, recipe.r1_every)
 
 
 def test_the_hinge_gan_trains_the_generator_on_the_raw_logit_other_losses_on_themselves():
@@ -157,13 +158,14 @@ def test_without_ema_the_generator_itself_is_sampled():
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
-    gan = tiny_gan()
+    gan = tiny_gan(r1_gamma=0.5, r1_every=2)
     gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
     gan.save(tmp_path / "gan.keras")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "compile() was not called" and no unbuilt-state warnings
         loaded = keras.models.load_model(tmp_path / "gan.keras")  # safe_mode, no custom_objects
     assert isinstance(loaded, ConditionalGAN) and isinstance(loaded.generator_loss_fn, LinearLoss)
+    assert (loaded.r1_gamma, loaded.r1_every) == (0.5, 2)
     sample = DigitSampler.from_gan(loaded)(range(10), seed=0)
     np.testing.assert_allclose(sample, DigitSampler.from_gan(gan)(range(10), seed=0), atol=1e-6)
     assert int(loaded.optimizer.iterations) == 4
@@ -205,3 +207,46 @@ def test_same_seed_gives_identical_weights_after_training(digits):
 def test_mismatched_generator_is_rejected():
     with pytest.raises(ValueError, match="noise"):
         ConditionalGAN(latent_dim=16, generator=tiny_gan(compile=False).generator)
+
+
+def linear_critic(weight):
+    """A discriminator whose logit is `weight * sum(image)`: its R1 penalty is `784 * weight**2` per 28x28 digit."""
+    image = keras.Input((28, 28, 1), name="image")
+    digit = keras.Input((), dtype="int32", name="digit")
+    summed = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(weight))(
+        keras.layers.Flatten()(image)
+    )
+    # The digit joins with weight 0, so that the model takes both inputs as a discriminator does.
+    unused = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", trainable=False)(
+        keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)
+    )
+    return keras.Model({"image": image, "digit": digit}, keras.layers.Add()([summed, unused]))
+
+
+def test_r1_penalty_is_the_mean_squared_gradient_norm(digits):
+    images, labels = digits
+    for weight in (0.5, 2.0):
+        penalty = r1_penalty(linear_critic(weight), tf.constant(images[:8]), tf.constant(labels[:8], tf.int32))
+        np.testing.assert_allclose(float(penalty), 784 * weight**2, rtol=1e-5)
+
+
+def test_r1_shrinks_the_discriminators_gradient_on_real_digits(digits):
+    images, labels = digits
+    real, real_digits = tf.constant(images[:16]), tf.constant(labels[:16], tf.int32)
+
+    def gradient_norm_after_training(r1_gamma):
+        gan = tiny_gan(r1_gamma=r1_gamma, r1_every=1)
+        for _ in range(10):
+            gan.train_on_batch(*digits)
+        with tf.GradientTape() as tape:
+            tape.watch(real)
+            total = tf.reduce_sum(gan.discriminator({"image": real, "digit": real_digits}))
+        return float(tf.reduce_mean(tf.reduce_sum(tape.gradient(total, real) ** 2, axis=(1, 2, 3))))
+
+    assert gradient_norm_after_training(100.0) < 0.5 * gradient_norm_after_training(0.0)
+
+
+@pytest.mark.parametrize("arguments", [dict(r1_gamma=-1.0), dict(r1_every=0), dict(r1_every=2.5)])
+def test_compile_rejects_bad_r1_settings(arguments):
+    with pytest.raises(ValueError, match="r1_"):
+        tiny_gan().compile(**arguments)

@@ -85,6 +85,13 @@ def test_seed_preset_builds_the_tutorial_networks():
     assert np.isclose(gan.discriminator_optimizer.rho, 0.92) and gan.discriminator_optimizer.clipvalue == 1.0
 
 
+def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
+    gan = training.build_gan(TrainConfig(r1_gamma=0.5, r1_every=2))
+    assert (gan.r1_gamma, gan.r1_every) == (0.5, 2)
+    with pytest.raises(ValueError, match="`r1_gamma` must be >= 0. Received: r1_gamma=-1"):
+        TrainConfig(r1_gamma=-1)
+
+
 class SignalAtStep(keras.callbacks.Callback):
     def __init__(self, step, signum):
         super().__init__()
