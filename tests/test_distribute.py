@@ -1,7 +1,10 @@
 """tf.distribute and mixed precision, on the two logical CPU devices conftest sets up."""
 
+import dataclasses
+
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from support import tiny_config
 
@@ -12,19 +15,21 @@ from cgan_keras.sampler import DigitSampler
 TINY = tiny_config(seed=3)
 
 
-def one_step(strategy, images, labels):
+def one_step(strategy, images, labels, config=TINY):
     keras.utils.set_random_seed(0)
-    gan = training.build_gan(TINY, strategy)
+    gan = training.build_gan(config, strategy)
     logs = gan.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0).history
     return gan, {name: values[0] for name, values in logs.items()}
 
 
-def test_two_replicas_take_the_same_step_as_one_device(digits):
+@pytest.mark.parametrize("r1_gamma", [0.0, 1.0])  # R1 penalizes every 4th real digit: the same ones either way
+def test_two_replicas_take_the_same_step_as_one_device(digits, r1_gamma):
     images, labels = digits[0][:16], digits[1][:16]
+    config = dataclasses.replace(TINY, r1_gamma=r1_gamma)
     mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
     assert mirrored.num_replicas_in_sync == 2
-    single, single_logs = one_step(None, images, labels)
-    replicated, replicated_logs = one_step(mirrored, images, labels)
+    single, single_logs = one_step(None, images, labels, config)
+    replicated, replicated_logs = one_step(mirrored, images, labels, config)
     for network in ("generator", "discriminator"):
         for expected, actual in zip(
             getattr(single, network).weights, getattr(replicated, network).weights, strict=True
