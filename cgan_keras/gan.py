@@ -3,8 +3,8 @@
 Each training step follows the MXNet-R tutorial: generate fakes for random
 digits, update the discriminator on the fake batch (target fake), then on the
 real batch (target real; with the optional R1 gradient penalty, `r1_penalty`,
-on part of it), then update the generator through the discriminator with flipped labels
-(its fakes labelled real).
+on part of it), then update the generator through the discriminator with
+flipped labels (its fakes labelled real).
 """
 
 import functools
