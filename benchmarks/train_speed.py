@@ -112,16 +112,17 @@ def step_flops(gan, batch_size):
     (backward ~ 2x forward), so 3x (forward + backward to the image) in all.
     """
     generator, discriminator = gan.generator, gan.discriminator
+    discriminator_forward = common.forward_flops(discriminator)
     backward_to_image = common.backward_flops(discriminator, False, differentiable_inputs=("image",))
     parts = {
         "generator forward": common.forward_flops(generator),
-        "3 discriminator forwards": 3 * common.forward_flops(discriminator),
+        "3 discriminator forwards": 3 * discriminator_forward,
         "2 discriminator updates": 2 * common.backward_flops(discriminator, weights_need_grad=True),
         "generator update": backward_to_image + common.backward_flops(generator, weights_need_grad=True),
     }
-    if getattr(gan, "r1_gamma", 0):
+    if gan.r1_gamma:
         share = math.ceil(batch_size / gan.r1_every) / batch_size
-        parts["R1 penalty"] = share * 3 * (common.forward_flops(discriminator) + backward_to_image)
+        parts["R1 penalty"] = share * 3 * (discriminator_forward + backward_to_image)
     return parts
 
 
