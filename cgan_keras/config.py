@@ -24,6 +24,7 @@ PRESETS = {
         generator_learning_rate=1.0,
         discriminator_learning_rate=1.0,
         label_smoothing=0.0,
+        r1_gamma=0.0,
         ema_decay=0.0,
         loss="non_saturating",
         digit_at_every_scale=False,
@@ -61,11 +62,13 @@ class TrainConfig:
 
     data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
     preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
-    steps: int = _field(6800, "training steps (discriminator on fakes, on reals, then generator)")
+    steps: int = _field(5690, "training steps (discriminator on fakes, on reals, then generator)")
     batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
     latent_dim: int = _field(64, "length of the noise vector fed to the generator")
     generator_filters: tuple[int, ...] = _field((80, 40), "channels of the generator's hidden maps, smallest map first")
-    discriminator_filters: tuple[int, ...] = _field((40, 80), "channels of the discriminator's convolutions")
+    discriminator_filters: tuple[int, ...] = _field(
+        (32, 64, 64, 64), "channels of the discriminator's stride-2 convolutions"
+    )
     digit_at_every_scale: bool = _field(True, "give every hidden map of the generator the one-hot digit too")
     projection: bool = _field(True, "add a projection term (digit embedding . features) to the discriminator's logit")
     optimizer: str = _field("adam", "optimizer of both networks: adam or adadelta (the seed's)")
@@ -78,7 +81,7 @@ class TrainConfig:
         "hinge", "non_saturating (binary cross-entropy for both networks) or hinge (the generator's loss: -logit)"
     )
     label_smoothing: float = _field(0.0, "one-sided smoothing: the real target is 1 - label_smoothing")
-    r1_gamma: float = _field(0.0, "weight gamma of the R1 penalty, gamma/2 |d logit / d image|^2 on reals; 0: none")
+    r1_gamma: float = _field(1.0, "weight gamma of the R1 penalty, gamma/2 |d logit / d image|^2 on reals; 0: none")
     r1_every: int = _field(4, "the R1 penalty is computed on every r1_every-th real digit of each batch (1: all)")
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"

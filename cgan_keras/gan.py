@@ -2,8 +2,8 @@
 
 Each training step follows the MXNet-R tutorial: generate fakes for random
 digits, update the discriminator on the fake batch (target fake), then on the
-real batch (target real; with the optional R1 gradient penalty, `r1_penalty`,
-on part of it), then update the generator through the discriminator with
+real batch (target real; with the R1 gradient penalty, `r1_penalty`, on part
+of it), then update the generator through the discriminator with
 flipped labels (its fakes labelled real).
 """
 
@@ -124,7 +124,7 @@ class ConditionalGAN(keras.Model):
                 to the discriminator's loss on real digits: `r1_gamma / 2`
                 times the mean squared norm of the logit's gradient with
                 respect to the image; 0 turns it off. It is not part of the
-                logged `d_loss`. `None` means the recipe's, 0 (off).
+                logged `d_loss`. `None` means the recipe's, 1.
             r1_every: the penalty is computed on every `r1_every`-th real
                 digit of each batch (its cost shrinks with it; a stride, not
                 the first digits, so that N replicas penalize the digits one
