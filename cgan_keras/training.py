@@ -276,7 +276,8 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         if not chief:  # the same steps and saves; the run's other artifacts are the chief's
             fit_callbacks = [DivergenceGuard(), checkpoint, stop]
         for initial_epoch, epochs, steps_per_epoch in _epochs_to_run(done, config.steps, config.log_every):
-            if stop.received:
+            # `fit` clears `stop_training` when it starts: a callback's stop must end the run here too.
+            if stop.received or gan.stop_training:
                 break
             fit(
                 initial_epoch=initial_epoch,

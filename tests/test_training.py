@@ -142,6 +142,24 @@ def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(
     ]  # fmt: skip
 
 
+class StopTrainingAtStep(keras.callbacks.Callback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            self.model.stop_training = True
+
+
+def test_a_callback_that_stops_training_ends_the_run_before_its_shorter_last_epoch(tmp_path, digits):
+    config = eight_steps(out=str(tmp_path), steps=10)  # fit calls: epochs 0-1 of 4 steps, then epoch 2 of 2
+    training.prepare_directory(config)
+    gan, _ = training.run(config, *digits, callbacks=[StopTrainingAtStep(5)], verbose=0)
+    assert int(gan.optimizer.iterations) == 5
+    assert (tmp_path / "generator" / "saved_model.pb").exists()
+
+
 @pytest.mark.parametrize(
     "done, steps, expected",
     [
