@@ -2,7 +2,7 @@
 
 Examples:
 
-    python benchmarks/recipe.py --data ../shared/mnist/mnist_train.npz            # default recipe, 5,690 steps
+    python benchmarks/recipe.py --data ../shared/mnist/mnist_train.npz            # default recipe, 5,650 steps
     python benchmarks/recipe.py --data builtin --steps 1000 --eval-every 500
     python benchmarks/recipe.py --variant lr1e-3 generator_learning_rate=1e-3 discriminator_learning_rate=1e-3
 

@@ -62,7 +62,7 @@ class TrainConfig:
 
     data: str = _field("auto", "data source: auto, builtin, mnist, PATH.csv or PATH.npz")
     preset: str = _field("default", "recipe whose defaults the other fields override: default or seed")
-    steps: int = _field(5690, "training steps (discriminator on fakes, on reals, then generator)")
+    steps: int = _field(5650, "training steps (discriminator on fakes, on reals, then generator)")
     batch_size: int = _field(64, "real digits per step; the fake batch has the same size")
     latent_dim: int = _field(64, "length of the noise vector fed to the generator")
     generator_filters: tuple[int, ...] = _field((80, 40), "channels of the generator's hidden maps, smallest map first")
