@@ -172,8 +172,9 @@ def build_discriminator(
     """Builds the default discriminator: image + broadcast one-hot digit -> logit.
 
     The one-hot digit is tiled to `(H, W, num_classes)` and concatenated with
-    the image, then stride-2 4x4 convolutions with LeakyReLU halve the map
-    per filter, and a dense layer gives one logit. No BatchNorm: batch
+    the image, then stride-2 4x4 convolutions with LeakyReLU take the
+    map from H to ceil(H / 2) per filter (28 -> 14 -> 7 -> 4 -> 2 with the
+    default four), and a dense layer gives one logit. No BatchNorm: batch
     statistics would mix the all-real and all-fake batches the seed's
     algorithm feeds separately.
 

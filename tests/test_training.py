@@ -79,7 +79,7 @@ def test_resume_refuses_different_settings(tmp_path):
 
 def test_seed_preset_builds_the_tutorial_networks():
     gan = training.build_gan(TrainConfig.from_preset("seed"))
-    assert gan.latent_dim == 96
+    assert gan.latent_dim == 96 and gan.r1_gamma == 0  # the tutorial has no R1 penalty
     assert [layer.filters for layer in gan.generator.layers if hasattr(layer, "filters")] == [384, 192, 96, 1]
     assert isinstance(gan.discriminator_optimizer, keras.optimizers.Adadelta)
     assert np.isclose(gan.discriminator_optimizer.rho, 0.92) and gan.discriminator_optimizer.clipvalue == 1.0
