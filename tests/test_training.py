@@ -23,14 +23,28 @@ def eight_steps(**overrides):
     return tiny_config(**{"steps": 8, "log_every": 4, "sample_every": 3, **overrides})
 
 
-class InterruptAtStep(keras.callbacks.Callback):
-    def __init__(self, step):
+class AtStep(keras.callbacks.Callback):
+    """Calls `act(model)` once the run reaches global step `step`."""
+
+    def __init__(self, step, act):
         super().__init__()
-        self.step = step
+        self.step, self.act = step, act
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations) == self.step:
-            raise KeyboardInterrupt
+            self.act(self.model)
+
+
+def interrupt(model):
+    raise KeyboardInterrupt
+
+
+def send_signal(signum):
+    return lambda model: os.kill(os.getpid(), signum)
+
+
+def stop_training(model):
+    model.stop_training = True
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
@@ -38,7 +52,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
     training.prepare_directory(config)
     # Interrupted mid-epoch at step 6, two steps after the checkpoint of step 4.
     with pytest.raises(KeyboardInterrupt):
-        training.run(config, *digits, callbacks=[InterruptAtStep(6)], verbose=0)
+        training.run(config, *digits, callbacks=[AtStep(6, interrupt)], verbose=0)
     assert not (tmp_path / "run" / "generator").exists()
     with open(tmp_path / "run" / "history.csv") as rows:
         assert [row["step"] for row in csv.DictReader(rows)] == ["4"]
@@ -92,16 +106,6 @@ def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
         TrainConfig(r1_gamma=-1)
 
 
-class SignalAtStep(keras.callbacks.Callback):
-    def __init__(self, step, signum):
-        super().__init__()
-        self.step, self.signum = step, signum
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.step:
-            os.kill(os.getpid(), self.signum)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly(tmp_path, digits, signum):
     config = eight_steps(out=str(tmp_path))
@@ -109,7 +113,7 @@ def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly
     # Whatever was installed before (a background job inherits SIGINT ignored) is what must be back.
     handlers_before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(training.Interrupted) as stopped:
-        training.run(config, *digits, callbacks=[SignalAtStep(5, signum)], verbose=0)
+        training.run(config, *digits, callbacks=[AtStep(5, send_signal(signum))], verbose=0)
     assert stopped.value.signum == signum
     assert stopped.value.saved_here  # a single process is its own chief
     assert {number: signal.getsignal(number) for number in handlers_before} == handlers_before
@@ -130,7 +134,7 @@ def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(
     config = eight_steps(out=str(tmp_path), steps=10)  # rows at 4, 8, then 10
     training.prepare_directory(config)
     with pytest.raises(training.Interrupted):
-        training.run(config, *digits, callbacks=[SignalAtStep(9, signal.SIGINT)], verbose=0)
+        training.run(config, *digits, callbacks=[AtStep(9, send_signal(signal.SIGINT))], verbose=0)
     gan, _ = training.run(config, *digits, resume=True, verbose=0)
     assert int(gan.optimizer.iterations) == 10
     with open(tmp_path / "history.csv") as rows:
@@ -142,20 +146,10 @@ def test_steps_that_log_every_does_not_divide_end_with_a_shorter_row_and_resume(
     ]  # fmt: skip
 
 
-class StopTrainingAtStep(keras.callbacks.Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.step:
-            self.model.stop_training = True
-
-
 def test_a_callback_that_stops_training_ends_the_run_before_its_shorter_last_epoch(tmp_path, digits):
     config = eight_steps(out=str(tmp_path), steps=10)  # fit calls: epochs 0-1 of 4 steps, then epoch 2 of 2
     training.prepare_directory(config)
-    gan, _ = training.run(config, *digits, callbacks=[StopTrainingAtStep(5)], verbose=0)
+    gan, _ = training.run(config, *digits, callbacks=[AtStep(5, stop_training)], verbose=0)
     assert int(gan.optimizer.iterations) == 5
     assert (tmp_path / "generator" / "saved_model.pb").exists()
 
