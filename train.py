@@ -100,14 +100,16 @@ def main(argv=None):
         fail(f"cannot write --out {config.out}: {error.strerror}")
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
-    from cgan_keras import data, distribute, loop, training
+    from cgan_keras import data, distribute, loop, speed, training
     from cgan_keras.artifacts import ArtifactWriteError
     from cgan_keras.callbacks import CheckpointError, TrainingDiverged, global_step
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
     from cgan_keras.progress import RunProgress
 
-    # First: logical CPU replicas can only be set up before TensorFlow starts its devices.
+    # First: threads per op and logical CPU replicas can only be set before TensorFlow starts its devices.
+    policy = distribute.mixed_precision_policy(config.mixed_precision)
+    speed.set_intra_op_threads(speed.intra_op_threads(config.intra_op_threads, policy))
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     try:
         source = data.resolve_source(config.data)

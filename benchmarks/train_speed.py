@@ -36,6 +36,10 @@ list of objects (`variant`, `batch`, `s_per_step`, `mfu`, `peak_gflops`,
 `vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
 is each row's s/step over the fastest row's of the same round (median over rounds):
 rows of one round ran minutes apart, so the paired ratio drifts less than the medians.
+Every row runs with the threads per op that `python train.py` would use here
+(`--intra-op-threads 0`, its `auto`), or with `--intra-op-threads N`: TensorFlow
+fixes them when it starts, so comparing thread counts takes one run of this
+script for each.
 """
 
 import contextlib
@@ -57,7 +61,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from cgan_keras import cli, training  # noqa: E402
+from cgan_keras import cli, distribute, speed, training  # noqa: E402
 from cgan_keras.artifacts import atomic_path  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.data import load_data, make_dataset  # noqa: E402
@@ -86,11 +90,16 @@ def parse_args(argv=None):
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps of the untimed first fit")
     parser.add_argument("--run-steps", type=int, default=300, help="steps timed in the train.py row, after warm-up")
     parser.add_argument("--rounds", type=int, default=1, help="times every row is run, interleaved (median shown)")
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0, help="TensorFlow threads per op (default 0: train.py's auto)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows to PATH as JSON")
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 64, 2 repeats of 3 steps")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.repeats, args.steps, args.warmup_steps, args.run_steps = [64], 2, 3, 2, 3
+    if args.intra_op_threads < 0:
+        parser.error("--intra-op-threads must be 0 (auto) or a positive integer.")
     if min(args.batch_sizes + [args.repeats, args.rounds, args.steps or 1, args.warmup_steps, args.run_steps]) < 1:
         parser.error(
             "--batch-sizes, --repeats, --rounds, --steps, --warmup-steps and --run-steps must be positive integers."
@@ -269,7 +278,11 @@ def ratios_to_fastest(results, batch_size, names):
 
 def main(argv=None):
     args = parse_args(argv)
+    policy = distribute.mixed_precision_policy(TrainConfig().mixed_precision)
+    speed.set_intra_op_threads(speed.intra_op_threads(args.intra_op_threads, policy))
     print("\n".join(common.environment_lines()))
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    print(f"threads per op: {threads or 'TensorFlow default'} ({'forced' if args.intra_op_threads else 'auto'})")
     peak = common.matmul_peak_flops()
     print(f"float32 matmul peak (fastest of 20 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
     images, labels = load_data("builtin")

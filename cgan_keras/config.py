@@ -96,6 +96,9 @@ class TrainConfig:
     mixed_precision: str = _field(
         "auto", "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs only)"
     )
+    intra_op_threads: int = _field(
+        0, "TensorFlow threads per op: 0 = auto (1 on 2-core CPUs with AMX training in bfloat16, else TensorFlow's)"
+    )
     strategy: str = _field("default", "tf.distribute strategy: default, mirrored or multiworker (TF_CONFIG)")
     cpu_replicas: int = _field(1, "logical CPU devices for --strategy mirrored on a machine without GPUs")
     out: str = _field("saved_models/cgan", "directory that receives every artifact of the run")
@@ -124,6 +127,10 @@ class TrainConfig:
             raise ValueError(
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
                 f"Received: eval_every={self.eval_every}"
+            )
+        if not isinstance(self.intra_op_threads, int) or self.intra_op_threads < 0:
+            raise ValueError(
+                f"`intra_op_threads` must be 0 (auto) or a positive integer. Received: intra_op_threads={self.intra_op_threads!r}"
             )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")

@@ -90,14 +90,23 @@ def native_bfloat16(cpuinfo=None):
     Args:
         cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (no file: `False`).
     """
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo=None):
+    """The CPU's feature flags (e.g. `{"avx2", "amx_bf16", ...}`) from `/proc/cpuinfo`.
+
+    Args:
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (no file: an empty set).
+    """
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return False
+            return set()
     flags = set()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return flags

@@ -16,6 +16,7 @@ XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32
 
 import dataclasses
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,12 @@ from cgan_keras.artifacts import atomic_path
 MEASURE_MIN_STEPS = 2000
 WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
 TIMED_STEPS = 10
+# One thread per op on a 2-core CPU with AMX, in mixed_bfloat16: train.py's mean step there took 0.0346 s
+# against 0.0413 s with TensorFlow's two (1.19x). AMX runs this model's small convolutions too fast to gain
+# from splitting each over both cores; TensorFlow's two inter-op threads run independent ops side by side
+# instead. In float32 the two settings tied there, and with XLA one thread was 1.5x slower (XLA loses there
+# either way). Not measured on more cores or on CPUs without AMX, which keep TensorFlow's default.
+SINGLE_THREAD_MAX_CORES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +57,9 @@ class SpeedChoice:
             or why `auto` did not measure.
         native_bfloat16: whether the CPU has bfloat16 instructions
             (`distribute.native_bfloat16`), where `auto` trains in `mixed_bfloat16`.
+        intra_op_threads: TensorFlow's threads per op during the run (`0`:
+            its default, one per core); set by `train.py` before TensorFlow
+            starts (`set_intra_op_threads`), not re-decided here.
         recorded: read back from `speed.json` (a resumed run), not decided now;
             not saved.
     """
@@ -61,6 +71,7 @@ class SpeedChoice:
     measure_seconds: float = 0.0
     reason: str = "measured"
     native_bfloat16: bool = False
+    intra_op_threads: int = 0
     recorded: bool = dataclasses.field(default=False, compare=False)
 
     def summary(self):
@@ -73,6 +84,7 @@ class SpeedChoice:
         line = f"{xla}. Precision: {self.policy}"
         if self.policy == "mixed_bfloat16" and self.native_bfloat16:
             line += " (this CPU computes in bfloat16 natively)"
+        line += f". Threads per op: {self.intra_op_threads or 'TensorFlow default'}"
         return line + (" -- as recorded in speed.json when the run started" if self.recorded else "")
 
     def save(self, path):
@@ -86,6 +98,41 @@ class SpeedChoice:
     def load(cls, path):
         """Reads a choice written by `save`; it comes back with `recorded=True`."""
         return cls(**json.loads(Path(path).read_text()), recorded=True)
+
+
+def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
+    """The threads per op a run asks TensorFlow for: `setting` if positive, else the `auto` rule.
+
+    `auto` is 1 where it was measured faster (a CPU with AMX, at most
+    `SINGLE_THREAD_MAX_CORES` usable cores, training in `mixed_bfloat16`),
+    else 0; a `TF_NUM_INTRAOP_THREADS` in the environment is the user's own
+    choice, which TensorFlow reads itself, so `auto` is then 0 too.
+
+    Args:
+        setting: `--intra-op-threads`: 0 (auto) or the threads to use.
+        policy: the run's dtype policy (`distribute.mixed_precision_policy`).
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it.
+        cores: usable cores; `None` counts this process's.
+
+    Returns:
+        The threads per op, or 0 for TensorFlow's default (one per core).
+    """
+    if setting or os.environ.get("TF_NUM_INTRAOP_THREADS"):
+        return setting
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    amx = "amx_bf16" in distribute.cpu_flags(cpuinfo)
+    return 1 if amx and policy == "mixed_bfloat16" and cores <= SINGLE_THREAD_MAX_CORES else 0
+
+
+def set_intra_op_threads(threads):
+    """Gives TensorFlow `threads` per op (0: leave its default); call before TensorFlow runs anything.
+
+    Raises:
+        RuntimeError: TensorFlow has started (it fixes its thread pools then)
+            and runs with a different number.
+    """
+    if threads and threads != tf.config.threading.get_intra_op_parallelism_threads():
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
 def choose_jit_compile(setting, time_step, measure=True):
@@ -123,7 +170,9 @@ def choose(config, time_step, record=None, resume=False):
         resume: reuse `record` if it exists.
     """
     if resume and record is not None and Path(record).exists():
-        return SpeedChoice.load(record)
+        # Threads do not change what the checkpoint means: the ones in effect now are reported.
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
+        return dataclasses.replace(SpeedChoice.load(record), intra_op_threads=threads)
     started = time.perf_counter()
     policy = distribute.mixed_precision_policy(config.mixed_precision)
     jit_compile, xla_seconds, plain_seconds, reason = choose_jit_compile(
@@ -137,6 +186,7 @@ def choose(config, time_step, record=None, resume=False):
         round(time.perf_counter() - started, 1),
         reason,
         distribute.native_bfloat16(),
+        tf.config.threading.get_intra_op_parallelism_threads(),
     )
     if record is not None:
         choice.save(record)

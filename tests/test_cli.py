@@ -1,5 +1,6 @@
 """train.py and infer.py as a user runs them: subprocesses, exit codes, files."""
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -25,7 +26,9 @@ from cgan_keras.config import TrainConfig
 from cgan_keras.sampler import DigitSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = TINY.to_argv()  # --data builtin --steps 4 --batch-size 16 --latent-dim 8 ...
+# A forced thread count (auto gives 1 on a 2-core AMX machine, TensorFlow's default elsewhere) must reach
+# TensorFlow: speed.json records the threads in effect.
+TINY_TRAIN = dataclasses.replace(TINY, intra_op_threads=1).to_argv()  # --data builtin --steps 4 ...
 
 
 def run(script, *args, cwd, env=None):
@@ -82,6 +85,7 @@ def test_train_writes_every_artifact(trained_run):
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 4 and config["data"] == "builtin" and config["generator_filters"] == [8, 4]
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + one row per 2 steps
+    assert json.loads((out / "speed.json").read_text())["intra_op_threads"] == 1
 
 
 def test_infer_writes_a_grid_and_reproducible_arrays(trained_run):

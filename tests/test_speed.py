@@ -72,3 +72,41 @@ def test_a_config_from_before_auto_reads_its_booleans_as_on_and_off():
     assert (config.jit_compile, config.mixed_precision) == ("on", "off")
     with pytest.raises(ValueError, match="`jit_compile` must be one of .* Received: jit_compile='fast'"):
         TrainConfig(jit_compile="fast")
+
+
+AMX = "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+AVX512_BF16 = "flags\t\t: avx2 avx512f avx512_bf16\n"
+
+
+@pytest.mark.parametrize(
+    "policy, cpuinfo, cores, expected",
+    [
+        ("mixed_bfloat16", AMX, 2, 1),  # where one thread per op measured faster
+        ("float32", AMX, 2, 0),
+        ("mixed_bfloat16", AVX512_BF16, 2, 0),  # bfloat16 without AMX: not measured
+        ("mixed_bfloat16", AMX, 8, 0),
+    ],
+)
+def test_auto_threads_are_one_only_on_small_amx_machines_in_bfloat16(monkeypatch, policy, cpuinfo, cores, expected):
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    assert speed.intra_op_threads(0, policy, cpuinfo, cores) == expected
+
+
+def test_forced_threads_and_the_users_environment_win_over_auto(monkeypatch):
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    assert speed.intra_op_threads(3, "mixed_bfloat16", AMX, 2) == 3
+    assert speed.intra_op_threads(2, "float32", AVX512_BF16, 8) == 2
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "2")
+    assert speed.intra_op_threads(0, "mixed_bfloat16", AMX, 2) == 0
+
+
+def test_threads_cannot_change_once_tensorflow_runs_and_the_choice_reports_those_in_effect():
+    tf.constant(1.0) + 1.0  # TensorFlow has started
+    running = tf.config.threading.get_intra_op_parallelism_threads()
+    speed.set_intra_op_threads(0)  # auto's "leave the default" changes nothing
+    speed.set_intra_op_threads(running or None)
+    with pytest.raises(RuntimeError, match="cannot be modified after initialization"):
+        speed.set_intra_op_threads(running + 3)
+    assert speed.choose(dataclasses.replace(TINY, steps=200), never_timed).intra_op_threads == running
+    with pytest.raises(ValueError, match="Received: intra_op_threads=-1"):
+        TrainConfig(intra_op_threads=-1)
