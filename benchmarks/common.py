@@ -61,14 +61,20 @@ def matmul_peak_flops(size=2048, repeats=20):
 
     A `size x size` by `size x size` matmul is `2 * size**3` FLOPs; the
     fastest of `repeats` calls is the peak (on a shared machine a median
-    would count other processes' load as the machine's limit).
+    would count other processes' load as the machine's limit). With fewer
+    threads per op than cores (`--intra-op-threads`), as many independent
+    matmuls run at once as it takes to keep every core busy: the peak is the
+    machine's, whatever the threads per op.
     """
+    cores = len(os.sched_getaffinity(0))
+    parallel = max(1, cores // (tf.config.threading.get_intra_op_parallelism_threads() or cores))
     rng = np.random.default_rng(0)
-    left, right = (tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2))
-    # Reducing the product on the device keeps the copy of the result out of the timing.
-    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(left, right)))
+    # Distinct operands, so that the graph optimizer cannot merge the matmuls into one.
+    pairs = [[tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2)] for _ in range(parallel)]
+    # Reducing the products on the device keeps the copy of the results out of the timing.
+    matmul = tf.function(lambda: tf.add_n([tf.reduce_sum(tf.matmul(left, right)) for left, right in pairs]))
     _, times = median_seconds(lambda: matmul().numpy(), repeats, warmup=2)
-    return 2 * size**3 / min(times)
+    return parallel * 2 * size**3 / min(times)
 
 
 def layer_macs(model, weights_need_grad, differentiable_inputs=()):

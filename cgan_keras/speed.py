@@ -37,8 +37,8 @@ TIMED_STEPS = 10
 # One thread per op on a 2-core CPU with AMX, in mixed_bfloat16: train.py's mean step there took 0.0346 s
 # against 0.0413 s with TensorFlow's two (1.19x). AMX runs this model's small convolutions too fast to gain
 # from splitting each over both cores; TensorFlow's two inter-op threads run independent ops side by side
-# instead. In float32 the two settings tied there, and with XLA one thread was 1.5x slower (XLA loses there
-# either way). Not measured on more cores or on CPUs without AMX, which keep TensorFlow's default.
+# instead. In float32 the two settings tied there (0.0501 vs 0.0494 s), and with XLA one thread was 1.5x
+# slower (XLA loses there either way). Not measured on more cores or on CPUs without AMX: they keep the default.
 SINGLE_THREAD_MAX_CORES = 2
 
 
