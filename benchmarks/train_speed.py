@@ -10,8 +10,9 @@ Examples:
 Every variant is built by `cgan_keras.training.build_gan` and timed through the real
 `fit` path: a warm-up `fit` (tracing, XLA compilation, pipeline start-up), then
 `--repeats` timed `fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)` calls.
-A callback times every step; the table gives their median, and apart from it the
-time each `fit` call spends outside its steps. Variants, each against `default`
+A callback times every step; the table gives their mean (a run pays for its slow
+steps too, and the `train.py` row is a mean), and apart from it the time each `fit`
+call spends outside its steps. Variants, each against `default`
 (float32, no XLA, `make_dataset` on the 5,000 builtin digits, default networks):
 
     xla        compile the step with XLA (`--jit-compile on`)
@@ -23,8 +24,9 @@ time each `fit` call spends outside its steps. Variants, each against `default`
                epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
                `--mixed-precision auto` choose, timing XLA first), its callbacks, grids and checkpoints
-               every 100 steps, verbose 2; s/step is the mean after the warm-up over `--run-steps`,
-               so the work done every 100 steps counts; stopped after them (no final evaluation)
+               every 100 steps, a checkpoint every 500, verbose 2; s/step is the mean after the
+               warm-up over `--run-steps` (500, so one checkpoint falls inside), so the work done
+               every 100 and 500 steps counts; stopped after them (no final evaluation)
 
 FLOPs per step are counted from the layer shapes (conv, transposed conv, dense;
 see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
@@ -84,11 +86,11 @@ def parse_args(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 256], help="real digits per step")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS), help="what to time")
-    parser.add_argument("--repeats", type=int, default=5, help="timed fit calls per row (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fit calls per row (their mean step is reported)")
     parser.add_argument("--steps", type=int, help="steps per timed fit (default: enough for about --seconds)")
     parser.add_argument("--seconds", type=float, default=1.0, help="target length of one timed fit")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps of the untimed first fit")
-    parser.add_argument("--run-steps", type=int, default=300, help="steps timed in the train.py row, after warm-up")
+    parser.add_argument("--run-steps", type=int, default=500, help="steps timed in the train.py and fit rows")
     parser.add_argument("--rounds", type=int, default=1, help="times every row is run, interleaved (median shown)")
     parser.add_argument(
         "--intra-op-threads", type=int, default=0, help="TensorFlow threads per op (default 0: train.py's auto)"
@@ -155,7 +157,7 @@ def time_fit(gan, dataset, args):
     """Times `args.repeats` `fit` calls after a warm-up one.
 
     Returns:
-        `(median s/step over every timed step, steps per fit, warm-up s,
+        `(mean s/step over every timed step, steps per fit, warm-up s,
         median s per fit spent outside the steps)`.
     """
 
@@ -168,7 +170,7 @@ def time_fit(gan, dataset, args):
     warmup_seconds, _ = fit(args.warmup_steps)
     steps = args.steps or max(3, math.ceil(args.seconds / statistics.median(fit(3)[1])))
     fits = [fit(steps) for _ in range(args.repeats)]
-    step_seconds = statistics.median(seconds for _, times in fits for seconds in times)
+    step_seconds = statistics.fmean(seconds for _, times in fits for seconds in times)
     overhead = statistics.median(total - sum(times) for total, times in fits)
     return step_seconds, steps, warmup_seconds, overhead
 
@@ -359,7 +361,7 @@ def main(argv=None):
             temporary.write_text(json.dumps(records, indent=2) + "\n")
     print()
     common.print_table(headers, rows)
-    print("\ns/step: median over the timed steps of all fits (end of one step to end of the next);")
+    print("\ns/step: mean over the timed steps of all fits (end of one step to end of the next);")
     print(
         "fit overhead: the rest of a fit call (setup, iterator, callbacks). digits/s: real digits, plus as many fakes."
     )

@@ -148,7 +148,7 @@ class CheckpointError(ValueError):
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Saves the model's whole training state at each epoch end, keeping the newest `keep` checkpoints.
+    """Saves the model's whole training state every `every` steps and when `fit` ends, keeping the newest `keep`.
 
     The state holds both networks, both optimizers (with their step counters)
     and the step noise generator's seed, so `restore` continues training
@@ -157,24 +157,34 @@ class RunCheckpoint(keras.callbacks.Callback):
     step, written atomically; then the older ones beyond `keep` go, and so do
     those past the current step (the abandoned future of a run resumed from
     an older checkpoint). A checkpoint damaged after it was written then costs
-    one epoch of steps, not the run.
+    `every` steps, not the run.
+
+    Saves happen at epoch ends (steps are only known there without waiting
+    for them): at the end of each epoch that reaches a multiple of `every`
+    steps, and when `fit` ends (its last step, a signal's or a callback's
+    stop) unless that step is saved already. A save costs ~0.1 s on a 2-core
+    CPU, about 3 steps of the default run, so `train.py` saves every 500 steps.
 
     Args:
         directory: folder of `step_000400.keras`, ...
         keep: how many checkpoints to keep (at least 1).
+        every: steps between saves; 1 saves at every epoch end.
 
     Attributes:
         skipped: `(path, problem)` of each unreadable checkpoint the last
             `restore` passed over, newest first.
     """
 
-    def __init__(self, directory, keep=2):
+    def __init__(self, directory, keep=2, every=1):
         super().__init__()
-        if keep < 1:
-            raise ValueError(f"`keep` must be a positive integer. Received: keep={keep}")
+        for name, value in (("keep", keep), ("every", every)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
         self.directory = Path(directory)
         self.keep = keep
+        self.every = every
         self.skipped = []
+        self._saved_step = None
 
     def checkpoints(self):
         """`(step, path)` of every checkpoint in `directory`, newest first."""
@@ -215,8 +225,21 @@ class RunCheckpoint(keras.callbacks.Callback):
             raise CheckpointError(f"no checkpoint can be read ({problems}); pass --overwrite to start again")
         return None
 
+    def on_train_begin(self, logs=None):
+        self._saved_step = global_step(self.model)  # restored from a checkpoint, or 0
+
     def on_epoch_end(self, epoch, logs=None):
         step = global_step(self.model)
+        if step // self.every > self._saved_step // self.every:
+            self.save(step)
+
+    def on_train_end(self, logs=None):
+        step = global_step(self.model)
+        if step != self._saved_step:
+            self.save(step)
+
+    def save(self, step):
+        """Writes the state at global `step` as `step_{step:06d}.keras`, then drops the checkpoints beyond `keep`."""
         # A `.keras` file rather than `save_weights`: Keras builds its HDF5 part in memory, so a full
         # disk fails in Python's zip writer with a plain OSError. HDF5 writing to a full disk itself
         # cannot close the file, and the process then crashes at exit (in HDF5's H5_term_library).
@@ -226,6 +249,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         for _, path in self.checkpoints():
             if path not in kept:
                 path.unlink(missing_ok=True)
+        self._saved_step = step
 
 
 class HistoryCSV(keras.callbacks.Callback):

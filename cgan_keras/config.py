@@ -87,7 +87,10 @@ class TrainConfig:
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
-    log_every: int = _field(100, "steps per history.csv row and checkpoint (one Keras epoch; the last may be shorter)")
+    log_every: int = _field(100, "steps per history.csv row (one Keras epoch; the last may be shorter)")
+    checkpoint_every: int = _field(
+        500, "steps between checkpoints (at the first epoch end there or after); one more when the run ends or stops"
+    )
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: str = _field(
@@ -115,7 +118,8 @@ class TrainConfig:
             # These were booleans before they had `auto`: old config.json files and callers pass True/False.
             if isinstance(getattr(self, name), bool):
                 object.__setattr__(self, name, "on" if getattr(self, name) else "off")
-        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "cpu_replicas", "r1_every")
+        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every")
+        positive += ("cpu_replicas", "r1_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -9,8 +9,8 @@ tests. Layout of a run directory:
     history.csv       one row per `log_every` steps (Keras epoch)
     history.png       history.csv's losses and evaluations against the step
     logs/             TensorBoard: the same scalars, and the sample grids as images
-    checkpoints/      step_000400.keras, ...: the last two resumable states, saved every
-                      `log_every` steps and on SIGINT/SIGTERM
+    checkpoints/      step_000500.keras, ...: the last two resumable states, saved every
+                      `checkpoint_every` steps, at the end and on SIGINT/SIGTERM
     generator/        SavedModel (serving_default: digit, noise -> images; generate: digit, seed -> images)
     serving/cgan/1/   the same SavedModel, laid out for TF Serving (model base path serving/cgan)
     generator.onnx    the generator as ONNX (digit, noise -> images), for onnxruntime
@@ -186,7 +186,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     Call `prepare_directory` first. With `resume`, training continues from
     the newest readable checkpoint in `config.out/checkpoints/` (both
     networks, both optimizers, the step counter and the noise generator's
-    state), saved every `config.log_every` steps and on SIGINT/SIGTERM. A run stopped by a
+    state), saved every `config.checkpoint_every` steps, at the end and on SIGINT/SIGTERM. A run stopped by a
     signal finishes its step, saves the checkpoint, exports the generator
     trained so far, then raises `Interrupted`.
 
@@ -259,7 +259,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
         fit = functools.partial(gan.fit, dataset, shuffle=False)  # make_dataset shuffles with the run's seed
     with GracefulStop() as stop, _writable_directory(out, chief) as out:
-        checkpoint = RunCheckpoint(out / "checkpoints")
+        checkpoint = RunCheckpoint(out / "checkpoints", every=config.checkpoint_every)
         evaluations = (
             [EvaluationCallback(judge, config.eval_every, seed=config.seed)] if judge and config.eval_every else []
         )

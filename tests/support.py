@@ -25,6 +25,7 @@ TINY = TrainConfig(
     generator_filters=(8, 4),
     discriminator_filters=(4, 8),
     log_every=2,
+    checkpoint_every=1,  # at every epoch end: the tests' runs are a few epochs long
     sample_every=2,
     # float32 on every machine (`auto` is bfloat16 on CPUs with it): the tests compare numbers at float32 precision.
     mixed_precision="off",

@@ -154,6 +154,22 @@ def test_a_callback_that_stops_training_ends_the_run_before_its_shorter_last_epo
     assert (tmp_path / "generator" / "saved_model.pb").exists()
 
 
+def test_checkpoints_fall_every_checkpoint_every_steps_and_where_a_run_stops_or_ends(tmp_path, digits):
+    config = eight_steps(out=str(tmp_path), steps=10, log_every=2, checkpoint_every=4)
+
+    def checkpoint_names():
+        return sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+
+    training.prepare_directory(config)
+    training.run(config, *digits, callbacks=[AtStep(7, stop_training)], verbose=0)
+    assert checkpoint_names() == ["step_000004.keras", "step_000007.keras"]  # none at 2 or 6
+    gan, _ = training.run(config, *digits, resume=True, verbose=0)  # fit calls: step 8, then 9-10
+    assert int(gan.optimizer.iterations) == 10
+    assert checkpoint_names() == ["step_000008.keras", "step_000010.keras"]
+    with pytest.raises(ValueError, match="`checkpoint_every` must be a positive integer. Received: checkpoint_every=0"):
+        TrainConfig(checkpoint_every=0)
+
+
 @pytest.mark.parametrize(
     "done, steps, expected",
     [
