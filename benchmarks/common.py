@@ -70,7 +70,8 @@ def matmul_peak_flops(size=2048, repeats=20):
     parallel = max(1, cores // (tf.config.threading.get_intra_op_parallelism_threads() or cores))
     rng = np.random.default_rng(0)
     # Distinct operands, so that the graph optimizer cannot merge the matmuls into one.
-    pairs = [[tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2)] for _ in range(parallel)]
+    operands = [tf.constant(rng.standard_normal((size, size), dtype=np.float32)) for _ in range(2 * parallel)]
+    pairs = list(zip(operands[::2], operands[1::2], strict=True))
     # Reducing the products on the device keeps the copy of the results out of the timing.
     matmul = tf.function(lambda: tf.add_n([tf.reduce_sum(tf.matmul(left, right)) for left, right in pairs]))
     _, times = median_seconds(lambda: matmul().numpy(), repeats, warmup=2)

@@ -23,8 +23,8 @@ call spends outside its steps. Variants, each against `default`
     fit        a bare `fit` with `train.py`'s settings (`TrainConfig()`, so `auto` precision; no XLA) in
                epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
-               `--mixed-precision auto` choose, timing XLA first), its callbacks, grids and checkpoints
-               every 100 steps, a checkpoint every 500, verbose 2; s/step is the mean after the
+               `--mixed-precision auto` choose, timing XLA first), its callbacks, grids every 100
+               steps and a checkpoint every 500, verbose 2; s/step is the mean after the
                warm-up over `--run-steps` (500, so one checkpoint falls inside), so the work done
                every 100 and 500 steps counts; stopped after them (no final evaluation)
 

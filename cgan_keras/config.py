@@ -118,8 +118,10 @@ class TrainConfig:
             # These were booleans before they had `auto`: old config.json files and callers pass True/False.
             if isinstance(getattr(self, name), bool):
                 object.__setattr__(self, name, "on" if getattr(self, name) else "off")
-        positive = ("steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every")
-        positive += ("cpu_replicas", "r1_every")
+        positive = (
+            "steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every",
+            "cpu_replicas", "r1_every",
+        )  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -134,7 +136,8 @@ class TrainConfig:
             )
         if not isinstance(self.intra_op_threads, int) or self.intra_op_threads < 0:
             raise ValueError(
-                f"`intra_op_threads` must be 0 (auto) or a positive integer. Received: intra_op_threads={self.intra_op_threads!r}"
+                "`intra_op_threads` must be 0 (auto) or a positive integer. "
+                f"Received: intra_op_threads={self.intra_op_threads!r}"
             )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
