@@ -30,7 +30,9 @@ call spends outside its steps. Variants, each against `default`
 
 FLOPs per step are counted from the layer shapes (conv, transposed conv, dense;
 see `step_flops`) and MFU divides their rate by a float32 matmul's, measured in
-the same run. Peak memory is the process's `ru_maxrss` after each row, so it only grows.
+the same run. Every row runs in a process of its own (this script, started again for
+that row), so no row inherits another's state: a process that has trained an XLA model
+stays 5-10% slower afterwards. Peak memory is that process's `ru_maxrss`.
 `--rounds N` runs every row N times, interleaved (all variants, then all again), and
 shows the round with the median s/step, the others in its note: the way to compare rows
 on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON
@@ -44,6 +46,7 @@ fixes them when it starts, so comparing thread counts takes one run of this
 script for each.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -51,6 +54,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +100,8 @@ def parse_args(argv=None):
         "--intra-op-threads", type=int, default=0, help="TensorFlow threads per op (default 0: train.py's auto)"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows to PATH as JSON")
+    # How main runs each row in a process of its own: the one row of --variants and --batch-sizes, its result to PATH.
+    parser.add_argument("--row-result", type=Path, metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 64, 2 repeats of 3 steps")
     args = parser.parse_args(argv)
     if args.quick:
@@ -191,7 +197,6 @@ class RunTimer(keras.callbacks.Callback):
 
 def run_train_py(batch_size, images, labels, args):
     """Times `training.run` with `train.py`'s defaults; returns the same figures as `run_variant`."""
-    keras.backend.clear_session()
     timer = RunTimer(args.warmup_steps, args.run_steps)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
@@ -206,7 +211,6 @@ def run_train_py(batch_size, images, labels, args):
 
 def run_bare_fit(batch_size, images, labels, args):
     """Times a bare `fit` of `TrainConfig()`'s model in 100-step epochs as the `train.py` row is timed."""
-    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     config = TrainConfig(data="builtin", batch_size=batch_size, jit_compile="off")
     gan = training.build_gan(config)
@@ -239,7 +243,6 @@ def run_variant(name, batch_size, images, labels, args):
     # Fixed, not `auto`: each variant changes one thing against float32 without XLA.
     overrides = {"jit_compile": "off", "mixed_precision": "off", **VARIANTS[name]}
     synthetic = overrides.pop("synthetic", False)
-    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     config = TrainConfig.from_preset(overrides.pop("preset", "default"), batch_size=batch_size, **overrides)
     gan = build_gan(config)
@@ -254,6 +257,34 @@ def run_variant(name, batch_size, images, labels, args):
     flops = sum(step_flops(gan, batch_size).values()) * batch_size
     seconds, steps, warmup_seconds, overhead = time_fit(gan, dataset, args)
     return seconds, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
+
+
+def run_row_in_child(name, batch_size, args):
+    """`run_variant`'s result and the max RSS MiB, from a new process running this script for that row alone.
+
+    Every row starts from a fresh process: none inherits another's leftovers (a process
+    that has trained an XLA model stays 5-10% slower; TensorFlow's caches; the memory peak).
+    """
+    with tempfile.TemporaryDirectory(prefix="train-speed-row-") as directory:
+        result_path = Path(directory) / "row.json"
+        command = [sys.executable, __file__, "--variants", name, "--batch-sizes", str(batch_size)]
+        for flag in ("repeats", "steps", "seconds", "warmup_steps", "run_steps", "intra_op_threads"):
+            if getattr(args, flag) is not None:
+                command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        child = subprocess.run([*command, "--row-result", str(result_path)], capture_output=True, text=True)
+        if child.returncode or not result_path.exists():
+            last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
+            raise RuntimeError(f"the row's process exited with code {child.returncode}: {last_line.strip()}")
+        return tuple(json.loads(result_path.read_text()))
+
+
+def time_row_here(args):
+    """The `--row-result` mode: times the one row asked for and writes its result and max RSS MiB as JSON."""
+    images, labels = load_data("builtin")
+    result = run_variant(args.variants[0], args.batch_sizes[0], images, labels, args)
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with atomic_path(args.row_result) as temporary:
+        temporary.write_text(json.dumps([*result, max_rss]))
 
 
 def median_round(rounds):
@@ -282,12 +313,14 @@ def main(argv=None):
     args = parse_args(argv)
     policy = distribute.mixed_precision_policy(TrainConfig().mixed_precision)
     speed.set_intra_op_threads(speed.intra_op_threads(args.intra_op_threads, policy))
+    if args.row_result:
+        time_row_here(args)
+        return
     print("\n".join(common.environment_lines()))
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     print(f"threads per op: {threads or 'TensorFlow default'} ({'forced' if args.intra_op_threads else 'auto'})")
     peak = common.matmul_peak_flops()
     print(f"float32 matmul peak (fastest of 20 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
-    images, labels = load_data("builtin")
     for preset in sorted({VARIANTS[name].get("preset", "default") for name in args.variants}):
         config = TrainConfig.from_preset(preset)
         parts = step_flops(build_gan(config), config.batch_size)
@@ -303,13 +336,11 @@ def main(argv=None):
                 if (batch_size, name) in skipped:
                     continue
                 try:
-                    result = run_variant(name, batch_size, images, labels, args)
+                    result = run_row_in_child(name, batch_size, args)
                 except Exception as error:  # a variant that cannot run is reported, not fatal
                     skipped[batch_size, name] = f"skipped: {common.one_line(error)}"
                     continue
-                # Read right after the row ran: the peak memory so far, which only grows.
-                max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                results.setdefault((batch_size, name), []).append((*result, max_rss))
+                results.setdefault((batch_size, name), []).append(result)
                 print(f"  done: batch {batch_size} {name} {result[0]:.4f} s/step", file=sys.stderr, flush=True)
     rows, records = [], []
     for batch_size in args.batch_sizes:

@@ -4,6 +4,8 @@
 `--jit-compile auto`, `choose` times a few steps of two throwaway models built
 from the same config, one with XLA and one without, and keeps the faster; the
 run's own weights, noise and batches are the same as if it had not measured.
+On a CPU the XLA model trains in a child process (`time_in_child_process`):
+having trained one leaves a process 5-10% slower per step for good.
 The choice goes to `speed.json` in the run directory, and a resumed run reuses
 it rather than deciding again (its checkpoint was trained under that choice).
 
@@ -18,10 +20,14 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cgan_keras import distribute
@@ -40,6 +46,12 @@ TIMED_STEPS = 10
 # instead. In float32 the two settings tied there (0.0501 vs 0.0494 s), and with XLA one thread was 1.5x
 # slower (XLA loses there either way). Not measured on more cores or on CPUs without AMX: they keep the default.
 SINGLE_THREAD_MAX_CORES = 2
+# A child that has not reported by then is stuck (both timings together took 15-20 s on 2 cores).
+CHILD_TIMEOUT_SECONDS = 600
+
+
+class TimingFailed(RuntimeError):
+    """The child process could not time the steps; the message says why (e.g. `UnimplementedError`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +168,8 @@ def choose_jit_compile(setting, time_step, measure=True):
         xla_seconds = time_step(True)
     except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
         return False, None, None, f"XLA failed here: {type(error).__name__}"
+    except TimingFailed as error:
+        return False, None, None, f"XLA failed here: {error}"
     plain_seconds = time_step(False)
     return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"
 
@@ -207,6 +221,61 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None):
     timer = _StepTimer()
     gan.fit(dataset, steps_per_epoch=warmup_steps + timed_steps, epochs=1, verbose=0, callbacks=[timer])
     return statistics.median(timer.step_seconds[warmup_steps:])
+
+
+def time_in_child_process(config, images, labels, jit_compile, policy, warmup_steps, timed_steps):
+    """`time_steps` of a model built from `config`, run by `python -m cgan_keras.timing_process` in a new process.
+
+    Training an XLA model on a CPU leaves its process slower afterwards (5-10%
+    per step of the non-XLA training that follows, measured on two CPUs; more
+    of TensorFlow's threads stay behind), so the run's own process must not
+    train one it does not keep. The child gets the run's threads per op and
+    strategy; a crash in it (XLA's compiler included) costs the run nothing.
+
+    Args:
+        config: the run's `TrainConfig` (`strategy` and `cpu_replicas` are rebuilt in the child).
+        images: float32 `(N, 28, 28, 1)` in [-1, 1], the batches to train on.
+        labels: int32 `(N,)` in 0..9.
+        jit_compile: whether the child's model compiles its step with XLA.
+        policy: the Keras dtype policy name.
+        warmup_steps: untimed first steps.
+        timed_steps: steps timed.
+
+    Returns:
+        The median seconds per timed step.
+
+    Raises:
+        TimingFailed: the child reported an error, exited without a result,
+            or ran past `CHILD_TIMEOUT_SECONDS`.
+    """
+    with tempfile.TemporaryDirectory(prefix="cgan-timing-") as directory:
+        directory = Path(directory)
+        np.savez(directory / "batches.npz", images=images, labels=labels)
+        request = {
+            "config": dataclasses.asdict(config),
+            "jit_compile": jit_compile,
+            "policy": policy,
+            "warmup_steps": warmup_steps,
+            "timed_steps": timed_steps,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        }
+        (directory / "request.json").write_text(json.dumps(request))
+        command = [sys.executable, "-m", "cgan_keras.timing_process", str(directory)]
+        # The child imports this copy of the package, wherever the parent was started from.
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        try:
+            child = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise TimingFailed(f"the timing process ran past {CHILD_TIMEOUT_SECONDS} s") from None
+        result_path = directory / "result.json"
+        if child.returncode or not result_path.exists():
+            last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
+            raise TimingFailed(f"the timing process exited with code {child.returncode}: {last_line.strip()}")
+        result = json.loads(result_path.read_text())
+    if "error" in result:
+        raise TimingFailed(result["error"])
+    return result["seconds"]
 
 
 class _StepTimer(keras.callbacks.Callback):

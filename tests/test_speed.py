@@ -7,6 +7,7 @@ from support import tiny_config
 
 from cgan_keras import speed, training
 from cgan_keras.config import TrainConfig
+from cgan_keras.data import load_data
 
 TINY = tiny_config(steps=5000, log_every=100)
 
@@ -52,6 +53,21 @@ def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
         return 0.1
 
     assert speed.choose_jit_compile("auto", time_step) == (False, None, None, "XLA failed here: UnimplementedError")
+
+
+def test_a_timing_process_that_fails_says_why_and_the_run_trains_without_xla():
+    config = tiny_config()
+    images, labels = load_data("builtin")
+
+    def time_step(jit_compile):  # the child builds its model with a policy Keras does not know
+        args = (config, images[:48], labels[:48], jit_compile, "no_such_policy", 1, 2)
+        return speed.time_in_child_process(*args) if jit_compile else 0.1
+
+    with pytest.raises(speed.TimingFailed, match="exited with code 1: ValueError: .*no_such_policy"):
+        time_step(True)
+    jit_compile, xla_seconds, _, reason = speed.choose_jit_compile("auto", time_step)
+    assert (jit_compile, xla_seconds) == (False, None)
+    assert reason.startswith("XLA failed here: the timing process exited with code 1: ValueError")
 
 
 def test_the_choice_and_its_figures_are_recorded_and_reused_on_resume(tmp_path):
