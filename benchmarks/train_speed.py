@@ -54,7 +54,6 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -271,11 +270,7 @@ def run_row_in_child(name, batch_size, args):
         for flag in ("repeats", "steps", "seconds", "warmup_steps", "run_steps", "intra_op_threads"):
             if getattr(args, flag) is not None:
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        child = subprocess.run([*command, "--row-result", str(result_path)], capture_output=True, text=True)
-        if child.returncode or not result_path.exists():
-            last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
-            raise RuntimeError(f"the row's process exited with code {child.returncode}: {last_line.strip()}")
-        return tuple(json.loads(result_path.read_text()))
+        return tuple(speed.run_timing_process([*command, "--row-result", str(result_path)], result_path))
 
 
 def time_row_here(args):

@@ -246,13 +246,13 @@ def time_in_child_process(config, images, labels, jit_compile, policy, warmup_st
 
     Raises:
         TimingFailed: the child reported an error, exited without a result,
-            or ran past `CHILD_TIMEOUT_SECONDS`.
+            or ran past `CHILD_TIMEOUT_SECONDS` (`run_timing_process`).
     """
     with tempfile.TemporaryDirectory(prefix="cgan-timing-") as directory:
         directory = Path(directory)
+        config.save(directory / "config.json")
         np.savez(directory / "batches.npz", images=images, labels=labels)
         request = {
-            "config": dataclasses.asdict(config),
             "jit_compile": jit_compile,
             "policy": policy,
             "warmup_steps": warmup_steps,
@@ -260,22 +260,32 @@ def time_in_child_process(config, images, labels, jit_compile, policy, warmup_st
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         }
         (directory / "request.json").write_text(json.dumps(request))
-        command = [sys.executable, "-m", "cgan_keras.timing_process", str(directory)]
         # The child imports this copy of the package, wherever the parent was started from.
         package_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        try:
-            child = subprocess.run(command, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            raise TimingFailed(f"the timing process ran past {CHILD_TIMEOUT_SECONDS} s") from None
-        result_path = directory / "result.json"
-        if child.returncode or not result_path.exists():
-            last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
-            raise TimingFailed(f"the timing process exited with code {child.returncode}: {last_line.strip()}")
-        result = json.loads(result_path.read_text())
+        command = [sys.executable, "-m", "cgan_keras.timing_process", str(directory)]
+        result = run_timing_process(command, directory / "result.json", env=env, timeout=CHILD_TIMEOUT_SECONDS)
     if "error" in result:
         raise TimingFailed(result["error"])
     return result["seconds"]
+
+
+def run_timing_process(command, result_path, env=None, timeout=None):
+    """Runs `command`, a process that times something, and returns the JSON it wrote to `result_path`.
+
+    Raises:
+        TimingFailed: it ran past `timeout` seconds, or exited with an error
+            or without writing `result_path` (the message ends with the last
+            line of its stderr).
+    """
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TimingFailed(f"the timing process ran past {timeout} s") from None
+    if child.returncode or not Path(result_path).exists():
+        last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
+        raise TimingFailed(f"the timing process exited with code {child.returncode}: {last_line.strip()}")
+    return json.loads(Path(result_path).read_text())
 
 
 class _StepTimer(keras.callbacks.Callback):

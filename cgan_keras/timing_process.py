@@ -2,9 +2,9 @@
 
     python -m cgan_keras.timing_process DIRECTORY
 
-`DIRECTORY` holds `request.json` (the run's config, the XLA setting, the
-dtype policy, the warm-up and timed steps, the threads per op) and
-`batches.npz` (`images`, `labels`). The child writes `result.json` there:
+`DIRECTORY` holds `config.json` (the run's `TrainConfig`), `request.json`
+(the XLA setting, the dtype policy, the warm-up and timed steps, the threads
+per op) and `batches.npz` (`images`, `labels`). The child writes `result.json` there:
 `{"seconds": median seconds per timed step}`, or `{"error": "UnimplementedError"}`
 when TensorFlow cannot run the step (e.g. an op XLA cannot compile here).
 """
@@ -26,7 +26,7 @@ def main(directory):
     request = json.loads((directory / "request.json").read_text())
     # Both fix TensorFlow's runtime, so they come before anything runs.
     speed.set_intra_op_threads(request["intra_op_threads"])
-    config = TrainConfig(**request["config"])
+    config = TrainConfig.load(directory / "config.json")
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     batches = np.load(directory / "batches.npz")
     try:
