@@ -11,7 +11,9 @@ Every variant is built by `cgan_keras.training.build_gan` and timed through the 
 `fit` path: a warm-up `fit` (tracing, XLA compilation, pipeline start-up), then
 `--repeats` timed `fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)` calls.
 A callback times every step; the table gives their mean (a run pays for its slow
-steps too, and the `train.py` row is a mean), and apart from it the time each `fit`
+steps too, and the `train.py` row is a mean) and their median (the typical step: what
+the work done every 100 or 500 steps and a shared machine's short slow spells leave
+out, so mean minus median bounds their cost), and apart from them the time each `fit`
 call spends outside its steps. Variants, each against `default`
 (float32, no XLA, `make_dataset` on the 5,000 builtin digits, default networks):
 
@@ -36,8 +38,8 @@ stays 5-10% slower afterwards. Peak memory is that process's `ru_maxrss`.
 `--rounds N` runs every row N times, interleaved (all variants, then all again), and
 shows the round with the median s/step, the others in its note: the way to compare rows
 on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON
-list of objects (`variant`, `batch`, `s_per_step`, `mfu`, `peak_gflops`,
-`vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
+list of objects (`variant`, `batch`, `s_per_step`, `median_s_per_step`, `mfu`,
+`peak_gflops`, `vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
 is each row's s/step over the fastest row's of the same round (median over rounds):
 rows of one round ran minutes apart, so the paired ratio drifts less than the medians.
 Every row runs with the threads per op that `python train.py` would use here
@@ -49,6 +51,7 @@ script for each.
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -162,8 +165,8 @@ def time_fit(gan, dataset, args):
     """Times `args.repeats` `fit` calls after a warm-up one.
 
     Returns:
-        `(mean s/step over every timed step, steps per fit, warm-up s,
-        median s per fit spent outside the steps)`.
+        `(mean s/step over every timed step, their median, steps per fit,
+        warm-up s, median s per fit spent outside the steps)`.
     """
 
     def fit(steps):
@@ -175,9 +178,9 @@ def time_fit(gan, dataset, args):
     warmup_seconds, _ = fit(args.warmup_steps)
     steps = args.steps or max(3, math.ceil(args.seconds / statistics.median(fit(3)[1])))
     fits = [fit(steps) for _ in range(args.repeats)]
-    step_seconds = statistics.fmean(seconds for _, times in fits for seconds in times)
+    step_seconds = [seconds for _, times in fits for seconds in times]
     overhead = statistics.median(total - sum(times) for total, times in fits)
-    return step_seconds, steps, warmup_seconds, overhead
+    return statistics.fmean(step_seconds), statistics.median(step_seconds), steps, warmup_seconds, overhead
 
 
 class RunTimer(keras.callbacks.Callback):
@@ -222,18 +225,25 @@ def run_bare_fit(batch_size, images, labels, args):
 
 
 def timed_run_row(gan, timer, started, batch_size, note):
-    """A `run_variant` result from a `RunTimer`: the mean step after its warm-up, the warm-up's seconds."""
-    warmed_up = timer.batch_ends[timer.warmup_steps - 1]
-    seconds = (timer.batch_ends[-1] - warmed_up) / timer.timed_steps
+    """A `run_variant` result from a `RunTimer`: the mean and median step after its warm-up, the warm-up's seconds."""
+    seconds, median = steps_after_warmup(timer.batch_ends, timer.warmup_steps)
     flops = sum(step_flops(gan, batch_size).values()) * batch_size
-    return seconds, f"{timer.timed_steps} x 1", warmed_up - started, None, flops, note
+    warmed_up = timer.batch_ends[timer.warmup_steps - 1]
+    return seconds, median, f"{timer.timed_steps} x 1", warmed_up - started, None, flops, note
+
+
+def steps_after_warmup(batch_ends, warmup_steps):
+    """`(mean, median)` seconds of the steps after the first `warmup_steps`, from the times their steps ended."""
+    timed = batch_ends[warmup_steps - 1 :]
+    durations = [end - start for start, end in itertools.pairwise(timed)]
+    return (timed[-1] - timed[0]) / len(durations), statistics.median(durations)
 
 
 def run_variant(name, batch_size, images, labels, args):
     """Builds and times one variant.
 
     Returns:
-        `(s/step, "steps x fits", warm-up s, fit overhead s or None, FLOPs per step, note)`.
+        `(mean s/step, median s/step, "steps x fits", warm-up s, fit overhead s or None, FLOPs per step, note)`.
     """
     if name == "train.py":
         return run_train_py(batch_size, images, labels, args)
@@ -254,8 +264,8 @@ def run_variant(name, batch_size, images, labels, args):
     else:
         dataset = make_dataset(images, labels, batch_size, seed=config.seed)
     flops = sum(step_flops(gan, batch_size).values()) * batch_size
-    seconds, steps, warmup_seconds, overhead = time_fit(gan, dataset, args)
-    return seconds, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
+    seconds, median, steps, warmup_seconds, overhead = time_fit(gan, dataset, args)
+    return seconds, median, f"{steps} x {args.repeats}", warmup_seconds, overhead, flops, ""
 
 
 def run_row_in_child(name, batch_size, args):
@@ -321,7 +331,7 @@ def main(argv=None):
         parts = step_flops(build_gan(config), config.batch_size)
         listed = ", ".join(f"{part} {flops / 1e6:.2f}" for part, flops in parts.items())
         print(f"{preset} preset, MFLOP per real digit per step: {listed}; total {sum(parts.values()) / 1e6:.2f}")
-    headers = ["batch", "variant", "s/step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
+    headers = ["batch", "variant", "s/step", "median step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
     headers += ["speedup vs default", "vs round's fastest", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
     # Rounds interleave the variants, so that a slow spell of a shared machine hits all of them alike.
     results, skipped = {}, {}
@@ -346,11 +356,11 @@ def main(argv=None):
             record["peak_gflops"] = round(peak / 1e9, 1)
             records.append(record)
             if (batch_size, name) in skipped:
-                rows.append([str(batch_size), name] + ["-"] * 11 + [skipped[batch_size, name]])
+                rows.append([str(batch_size), name] + ["-"] * 12 + [skipped[batch_size, name]])
                 record["note"] = skipped[batch_size, name]
                 continue
             rounds = results[batch_size, name]
-            seconds, steps, warmup_seconds, overhead, flops, note, max_rss = median_round(rounds)
+            seconds, median, steps, warmup_seconds, overhead, flops, note, max_rss = median_round(rounds)
             ratios = paired.get(name, [])
             if len(rounds) > 1:
                 note = "; ".join(filter(None, [note, "rounds: " + " ".join(f"{r[0]:.4f}" for r in rounds)]))
@@ -358,6 +368,7 @@ def main(argv=None):
             baseline = seconds if name == "default" else baseline
             record.update(
                 s_per_step=round(seconds, 5),
+                median_s_per_step=round(median, 5),
                 mfu=round(flops / seconds / peak, 4),
                 vs_fastest_in_round=round(statistics.median(ratios), 4) if ratios else None,
                 gflop_per_step=round(flops / 1e9, 3),
@@ -369,6 +380,7 @@ def main(argv=None):
                     str(batch_size),
                     name,
                     f"{seconds:.4f}",
+                    f"{median:.4f}",
                     steps,
                     f"{batch_size / seconds:.0f}",
                     f"{flops / 1e9:.2f}",
@@ -388,6 +400,7 @@ def main(argv=None):
     print()
     common.print_table(headers, rows)
     print("\ns/step: mean over the timed steps of all fits (end of one step to end of the next);")
+    print("median step: their median, which leaves out the work done every 100 or 500 steps and short slow spells;")
     print(
         "fit overhead: the rest of a fit call (setup, iterator, callbacks). digits/s: real digits, plus as many fakes."
     )
