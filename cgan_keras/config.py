@@ -86,6 +86,9 @@ class TrainConfig:
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )
+    ema_statistics_every: int = _field(
+        4, "the moving average's BatchNorm statistics come from every N-th fake digit of each step (1: all)"
+    )
     sample_every: int = _field(100, "steps between sample grids (one is also written after step 1)")
     log_every: int = _field(100, "steps per history.csv row (one Keras epoch; the last may be shorter)")
     checkpoint_every: int = _field(
@@ -120,7 +123,7 @@ class TrainConfig:
                 object.__setattr__(self, name, "on" if getattr(self, name) else "off")
         positive = (
             "steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every",
-            "cpu_replicas", "r1_every",
+            "cpu_replicas", "r1_every", "ema_statistics_every",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)

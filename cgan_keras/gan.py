@@ -16,11 +16,6 @@ from keras import ops
 from cgan_keras import data, ema, losses, models
 from cgan_keras.config import TrainConfig
 
-# The averaged generator's BatchNorm statistics are updated from every 4th fake digit of a step: its forward
-# pass over the whole batch was ~8% of a step's time, and moving statistics (momentum 0.99) average over
-# ~100 steps anyway. A stride rather than the first digits, so that N replicas use the digits one device would.
-EMA_STATISTICS_EVERY = 4
-
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
 class ConditionalGAN(keras.Model):
@@ -43,6 +38,13 @@ class ConditionalGAN(keras.Model):
             keeps no average. The decay ramps up from 0.1 as `(1 + t) / (10 + t)`
             at step t, so early steps are not averaged with the random
             initialization.
+        ema_statistics_every: the average's BatchNorm statistics follow
+            its own activations on every `ema_statistics_every`-th fake
+            digit of each step (1: all). A forward pass over the whole
+            batch took ~8% of a step, and the moving statistics (momentum
+            0.99) average over ~100 steps anyway. A stride rather than the
+            first digits, so that N replicas use the digits one device
+            would (when each replica's share of the batch is a multiple).
         seed: seed of the noise and digits drawn in each step; `None` draws
             a random one.
 
@@ -63,12 +65,18 @@ class ConditionalGAN(keras.Model):
         generator=None,
         discriminator=None,
         ema_decay=0.999,
+        ema_statistics_every=4,
         seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if not isinstance(ema_statistics_every, int) or ema_statistics_every < 1:
+            raise ValueError(
+                "`ema_statistics_every` must be a positive integer. "
+                f"Received: ema_statistics_every={ema_statistics_every!r}"
+            )
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
@@ -77,6 +85,7 @@ class ConditionalGAN(keras.Model):
         self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
         models.check_generator(self.generator, latent_dim, self.image_shape)
         self.ema_decay = ema_decay
+        self.ema_statistics_every = ema_statistics_every
         # Same architecture and name: its exports are "the generator".
         self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
@@ -256,7 +265,7 @@ class ConditionalGAN(keras.Model):
         if self.ema_generator is not None:
             ema.update(self.ema_generator, self.generator, self.generator_optimizer.iterations, self.ema_decay)
             # BatchNorm's statistics follow the averaged network's own activations, on part of the fakes.
-            every = EMA_STATISTICS_EVERY
+            every = self.ema_statistics_every
             self.ema_generator({"digit": fake_digits[::every], "noise": noise[::every]}, training=True)
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
@@ -295,7 +304,7 @@ class ConditionalGAN(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        for name in ("latent_dim", "num_classes", "image_shape", "seed", "ema_decay"):
+        for name in ("latent_dim", "num_classes", "image_shape", "seed", "ema_decay", "ema_statistics_every"):
             config[name] = getattr(self, name)
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.serialize_keras_object(getattr(self, network))

@@ -97,6 +97,7 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                 generator=generator,
                 discriminator=discriminator,
                 ema_decay=config.ema_decay,
+                ema_statistics_every=config.ema_statistics_every,
                 seed=config.seed,
             )
             gan.compile(

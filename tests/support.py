@@ -42,7 +42,7 @@ def tiny_config(**overrides):
     return dataclasses.replace(TINY, **overrides)
 
 
-def tiny_gan(seed=0, compile=True, ema_decay=0.999, **compile_kwargs):
+def tiny_gan(seed=0, compile=True, ema_decay=0.999, ema_statistics_every=4, **compile_kwargs):
     """A ConditionalGAN with `TINY`'s networks, compiled with the defaults."""
     keras.utils.set_random_seed(seed)
     gan = ConditionalGAN(
@@ -50,6 +50,7 @@ def tiny_gan(seed=0, compile=True, ema_decay=0.999, **compile_kwargs):
         generator=models.build_generator(TINY.latent_dim, filters=TINY.generator_filters),
         discriminator=models.build_discriminator(filters=TINY.discriminator_filters),
         ema_decay=ema_decay,
+        ema_statistics_every=ema_statistics_every,
         seed=seed,
     )
     if compile:

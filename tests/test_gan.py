@@ -150,6 +150,22 @@ def test_the_ema_generator_averages_the_weights_and_is_what_is_sampled(digits):
     assert gan.inference_generator is gan.ema_generator
 
 
+def test_the_ema_statistics_stride_changes_only_the_averaged_generators_batchnorm_statistics(digits):
+    all_fakes, every_4th = (tiny_gan(ema_statistics_every=every) for every in (1, 4))
+    for gan in (all_fakes, every_4th):
+        gan.fit(*digits, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    # Training, and the averaged weights, do not see which fakes the statistics come from.
+    for network in ("generator", "discriminator"):
+        for a, b in zip(getattr(all_fakes, network).weights, getattr(every_4th, network).weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for a, b in zip(weights_of(all_fakes.ema_generator), weights_of(every_4th.ema_generator), strict=True):
+        np.testing.assert_array_equal(a, b)
+    statistics = [[w.numpy() for w in gan.ema_generator.non_trainable_weights] for gan in (all_fakes, every_4th)]
+    assert changed(*statistics)
+    with pytest.raises(ValueError, match="Received: ema_statistics_every=0"):
+        ConditionalGAN(latent_dim=LATENT_DIM, ema_statistics_every=0)
+
+
 def test_without_ema_the_generator_itself_is_sampled():
     gan = tiny_gan(ema_decay=0.0)
     assert gan.ema_generator is None and gan.inference_generator is gan.generator
@@ -188,9 +204,10 @@ def test_weights_round_trip_restores_both_optimizers(tmp_path, digits):
 
 
 def test_config_round_trip_rebuilds_the_same_architecture():
-    gan = tiny_gan()
+    gan = tiny_gan(ema_statistics_every=2)
     clone = ConditionalGAN.from_config(gan.get_config())
     assert clone.latent_dim == gan.latent_dim and clone.image_shape == gan.image_shape
+    assert clone.ema_statistics_every == 2
     assert [w.shape for w in clone.weights] == [w.shape for w in gan.weights]
 
 

@@ -106,6 +106,12 @@ def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
         TrainConfig(r1_gamma=-1)
 
 
+def test_the_ema_statistics_stride_reaches_the_model_and_a_bad_one_is_refused():
+    assert training.build_gan(TrainConfig(ema_statistics_every=2)).ema_statistics_every == 2
+    with pytest.raises(ValueError, match="Received: ema_statistics_every=0"):
+        TrainConfig(ema_statistics_every=0)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_the_step_saves_everything_and_resume_finishes_exactly(tmp_path, digits, signum):
     config = eight_steps(out=str(tmp_path))
