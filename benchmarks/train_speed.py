@@ -13,7 +13,7 @@ Every variant is built by `cgan_keras.training.build_gan` and timed through the 
 A callback times every step; the table gives their mean (a run pays for its slow
 steps too, and the `train.py` row is a mean) and their median (the typical step: what
 the work done every 100 or 500 steps and a shared machine's short slow spells leave
-out, so mean minus median bounds their cost), and apart from them the time each `fit`
+out, so mean minus median estimates their cost), and apart from them the time each `fit`
 call spends outside its steps. Variants, each against `default`
 (float32, no XLA, `make_dataset` on the 5,000 builtin digits, default networks):
 
@@ -92,7 +92,7 @@ def parse_args(argv=None):
     parser = cli.make_parser(__doc__)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 256], help="real digits per step")
     parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS), help="what to time")
-    parser.add_argument("--repeats", type=int, default=5, help="timed fit calls per row (their mean step is reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fit calls per row (their mean and median step)")
     parser.add_argument("--steps", type=int, help="steps per timed fit (default: enough for about --seconds)")
     parser.add_argument("--seconds", type=float, default=1.0, help="target length of one timed fit")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps of the untimed first fit")
@@ -226,13 +226,13 @@ def run_bare_fit(batch_size, images, labels, args):
 
 def timed_run_row(gan, timer, started, batch_size, note):
     """A `run_variant` result from a `RunTimer`: the mean and median step after its warm-up, the warm-up's seconds."""
-    seconds, median = steps_after_warmup(timer.batch_ends, timer.warmup_steps)
+    seconds, median = step_seconds_after_warmup(timer.batch_ends, timer.warmup_steps)
     flops = sum(step_flops(gan, batch_size).values()) * batch_size
     warmed_up = timer.batch_ends[timer.warmup_steps - 1]
     return seconds, median, f"{timer.timed_steps} x 1", warmed_up - started, None, flops, note
 
 
-def steps_after_warmup(batch_ends, warmup_steps):
+def step_seconds_after_warmup(batch_ends, warmup_steps):
     """`(mean, median)` seconds of the steps after the first `warmup_steps`, from the times their steps ended."""
     timed = batch_ends[warmup_steps - 1 :]
     durations = [end - start for start, end in itertools.pairwise(timed)]
@@ -352,7 +352,7 @@ def main(argv=None):
         baseline = None
         paired = ratios_to_fastest(results, batch_size, args.variants)
         for name in args.variants:
-            record = {"variant": name, "batch": batch_size, "s_per_step": None, "mfu": None}
+            record = {"variant": name, "batch": batch_size, "s_per_step": None, "median_s_per_step": None, "mfu": None}
             record["peak_gflops"] = round(peak / 1e9, 1)
             records.append(record)
             if (batch_size, name) in skipped:

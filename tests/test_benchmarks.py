@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.train_speed import ratios_to_fastest, steps_after_warmup
+from benchmarks.train_speed import ratios_to_fastest, step_seconds_after_warmup
 
 
 def test_ratios_to_fastest_pair_rows_of_the_same_round():
@@ -19,8 +19,8 @@ def test_ratios_to_fastest_use_only_rounds_every_row_has():
     assert ratios_to_fastest(results, 64, ["a", "b"]) == {"a": [2.0], "b": [1.0]}
 
 
-def test_steps_after_warmup_give_the_mean_and_the_median_of_the_timed_steps():
+def test_step_seconds_after_warmup_give_the_mean_and_the_median_of_the_timed_steps():
     # Steps end at these times; the first two are the warm-up, so the timed steps take 1, 0.5, 0.5 and 2 s.
-    mean, median = steps_after_warmup([0.0, 1.0, 2.0, 2.5, 3.0, 5.0], warmup_steps=2)
+    mean, median = step_seconds_after_warmup([0.0, 1.0, 2.0, 2.5, 3.0, 5.0], warmup_steps=2)
     assert mean == pytest.approx(1.0)
     assert median == pytest.approx(0.75)
