@@ -4,9 +4,8 @@
 `--jit-compile auto`, `choose` times a few steps of two throwaway models built
 from the same config, one with XLA and one without, and keeps the faster; the
 run's own weights, noise and batches are the same as if it had not measured.
-On a CPU each model trains in a child process of its own (`time_in_child_process`):
-having trained a model it does not keep leaves a process slower per step for good
-(5-10% after an XLA one, ~5% after a plain one).
+On a CPU the XLA model trains in a child process (`time_in_child_process`):
+having trained one leaves a process 5-10% slower per step for good.
 The choice goes to `speed.json` in the run directory, and a resumed run reuses
 it rather than deciding again (its checkpoint was trained under that choice).
 
@@ -35,9 +34,9 @@ from cgan_keras import distribute
 from cgan_keras.artifacts import atomic_path
 
 # `auto` times runs of at least this many steps (the seed preset's 2,400 and the default
-# 5,650 included): the timing costs about as much as 300-500 of the run's steps (two child
-# processes, each starting TensorFlow, building, tracing and training a model for 12 steps;
-# XLA's compilation), several percent of such a run but most of a short test run.
+# 5,000 included): the timing costs about as much as 100-200 of the run's steps (two
+# model builds, tracing, XLA compilation, 2 x 12 steps), a few percent of such a run
+# but most of a short test run.
 MEASURE_MIN_STEPS = 2000
 WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
 TIMED_STEPS = 10
@@ -171,10 +170,7 @@ def choose_jit_compile(setting, time_step, measure=True):
         return False, None, None, f"XLA failed here: {type(error).__name__}"
     except TimingFailed as error:
         return False, None, None, f"XLA failed here: {error}"
-    try:
-        plain_seconds = time_step(False)
-    except TimingFailed as error:  # the run itself may still train: it does not need the timing
-        return False, None, None, f"timing the model without XLA failed here: {error}"
+    plain_seconds = time_step(False)
     return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"
 
 
@@ -230,13 +226,11 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None):
 def time_in_child_process(config, images, labels, jit_compile, policy, warmup_steps, timed_steps):
     """`time_steps` of a model built from `config`, run by `python -m cgan_keras.timing_process` in a new process.
 
-    Training a model on a CPU leaves its process slower for the training of
-    another that follows: 5-10% per step after an XLA model (measured on two
-    CPUs; more of TensorFlow's threads stay behind), 5-10% after a plain one
-    (machine A, four interleaved rounds), so the run's own process must not
-    train a model it does not keep, and each timed model gets a fresh process.
-    The child gets the run's threads per op and strategy; a crash in it (XLA's
-    compiler included) costs the run nothing.
+    Training an XLA model on a CPU leaves its process slower afterwards (5-10%
+    per step of the non-XLA training that follows, measured on two CPUs; more
+    of TensorFlow's threads stay behind), so the run's own process must not
+    train one it does not keep. The child gets the run's threads per op and
+    strategy; a crash in it (XLA's compiler included) costs the run nothing.
 
     Args:
         config: the run's `TrainConfig` (`strategy` and `cpu_replicas` are rebuilt in the child).

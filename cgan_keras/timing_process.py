@@ -1,4 +1,4 @@
-"""A child process in which `--jit-compile auto` times one model on a CPU (`speed.time_in_child_process`).
+"""The child process in which `--jit-compile auto` times a model on a CPU (`speed.time_in_child_process`).
 
     python -m cgan_keras.timing_process DIRECTORY
 

@@ -199,8 +199,8 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
 
     First the run settles XLA and the precision policy (`speed.choose`;
     with `--jit-compile auto` and at least `speed.MEASURE_MIN_STEPS` steps it
-    times both ways on throwaway models, on a CPU each in a child process
-    of its own) and records them in `config.out/speed.json`; a resumed run
+    times both ways on throwaway models, on a CPU the XLA one in a child
+    process) and records them in `config.out/speed.json`; a resumed run
     reuses that record.
 
     Args:
@@ -327,8 +327,8 @@ def _time_step(config, images, labels, strategy, jit_compile, policy):
     steps = (speed.WARMUP_STEPS, speed.TIMED_STEPS)
     digits = config.batch_size * sum(steps)
     images, labels = images[:digits], labels[:digits]
-    if not tf.config.list_physical_devices("GPU"):
-        # A CPU process that has trained a model it does not keep stays slower; a GPU's memory is this process's.
+    if jit_compile and not tf.config.list_physical_devices("GPU"):
+        # A CPU process that has trained an XLA model stays slower; a GPU's memory is this process's already.
         return speed.time_in_child_process(config, images, labels, jit_compile, policy, *steps)
     return time_model_steps(config, images, labels, strategy, jit_compile, policy, *steps)
 
