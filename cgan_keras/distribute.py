@@ -7,6 +7,7 @@ Example:
 2
 """
 
+import os
 from pathlib import Path
 
 import tensorflow as tf
@@ -14,6 +15,13 @@ import tensorflow as tf
 from cgan_keras.config import CHOICES
 
 STRATEGIES = CHOICES["strategy"]
+BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# oneDNN's ISA caps (`ONEDNN_MAX_CPU_ISA`, its "CPU dispatcher control") that leave it
+# without bfloat16 kernels, and those that leave it without AMX ones.
+ISAS_WITHOUT_BFLOAT16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+ISAS_WITHOUT_AMX = ISAS_WITHOUT_BFLOAT16 | {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512"}
 
 
 def make_strategy(name="default", cpu_replicas=1):
@@ -81,16 +89,44 @@ def mixed_precision_policy(setting="on", gpu=None, bfloat16_cpu=None):
     return "mixed_float16" if gpu else "mixed_bfloat16"
 
 
-def native_bfloat16(cpuinfo=None):
-    """Whether the CPU computes in bfloat16 natively: an `avx512_bf16` or `amx_bf16` flag in `/proc/cpuinfo`.
+def native_bfloat16(cpuinfo=None, environ=None):
+    """Whether TensorFlow computes in bfloat16 natively here: `avx512_bf16` or `amx_bf16` among `usable_cpu_flags`.
 
     Without either, TensorFlow emulates bfloat16 matmuls and convolutions, which
     made `mixed_bfloat16` about 5x slower than float32 on an AVX2 AMD EPYC.
 
     Args:
         cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (no file: `False`).
+        environ: the environment TensorFlow reads; `None` is `os.environ`.
     """
-    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+    return bool(usable_cpu_flags(cpuinfo, environ) & BFLOAT16_FLAGS)
+
+
+def usable_cpu_flags(cpuinfo=None, environ=None):
+    """`cpu_flags`, less the bfloat16 and AMX ones where TensorFlow's kernels may not use them.
+
+    TensorFlow computes in bfloat16 natively only through oneDNN. With oneDNN
+    off (`TF_ENABLE_ONEDNN_OPTS=0` or `false`, which TensorFlow's start-up note
+    suggests) it emulates bfloat16, and an ISA cap below `AVX512_CORE_BF16`
+    (`ONEDNN_MAX_CPU_ISA`, or the older `DNNL_MAX_CPU_ISA`, any case) leaves
+    oneDNN without its bfloat16 kernels: on machine A (`avx512_bf16`) a
+    `mixed_bfloat16` step took 7.6x as long as a float32 one with oneDNN off,
+    2.1x with `AVX512_CORE`, and failed with `AVX2`. A cap below
+    `AVX512_CORE_AMX` leaves it without AMX.
+
+    Args:
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it.
+        environ: the environment TensorFlow reads; `None` is `os.environ`.
+    """
+    environ = os.environ if environ is None else environ
+    flags = cpu_flags(cpuinfo)
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    onednn_off = environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
+    if onednn_off or cap in ISAS_WITHOUT_BFLOAT16:
+        flags = flags - BFLOAT16_FLAGS
+    if onednn_off or cap in ISAS_WITHOUT_AMX:
+        flags = {flag for flag in flags if not flag.startswith("amx")}
+    return flags
 
 
 def cpu_flags(cpuinfo=None):

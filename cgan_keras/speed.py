@@ -67,8 +67,8 @@ class SpeedChoice:
         measure_seconds: wall time spent timing, model builds and warm-ups included.
         reason: why `jit_compile` is what it is: `measured`, the forcing flag,
             or why `auto` did not measure.
-        native_bfloat16: whether the CPU has bfloat16 instructions
-            (`distribute.native_bfloat16`), where `auto` trains in `mixed_bfloat16`.
+        native_bfloat16: whether the CPU has bfloat16 instructions that TensorFlow
+            may use (`distribute.native_bfloat16`), where `auto` trains in `mixed_bfloat16`.
         intra_op_threads: TensorFlow's threads per op during the run (`0`:
             its default, one per core); set by `train.py` before TensorFlow
             starts (`set_intra_op_threads`), not re-decided here.
@@ -132,7 +132,7 @@ def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
     if setting or os.environ.get("TF_NUM_INTRAOP_THREADS"):
         return setting
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    amx = "amx_bf16" in distribute.cpu_flags(cpuinfo)
+    amx = "amx_bf16" in distribute.usable_cpu_flags(cpuinfo)
     return 1 if amx and policy == "mixed_bfloat16" and cores <= SINGLE_THREAD_MAX_CORES else 0
 
 

@@ -91,3 +91,34 @@ def test_mixed_precision_settings_map_to_policies():
     assert [policy("on", gpu=False, bfloat16_cpu=False), policy("off", gpu=False, bfloat16_cpu=True)] == [
         "mixed_bfloat16", "float32"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "environ, bfloat16, amx",
+    [
+        ({}, True, True),
+        ({"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "ALL"}, True, True),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False, False),  # TensorFlow emulates bfloat16 without oneDNN
+        ({"TF_ENABLE_ONEDNN_OPTS": "False"}, False, False),
+        ({"ONEDNN_MAX_CPU_ISA": "avx2"}, False, False),  # oneDNN caps are case-insensitive
+        ({"DNNL_MAX_CPU_ISA": "AVX512_CORE"}, False, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True, True),
+    ],
+)
+def test_bfloat16_and_amx_count_only_where_tensorflows_onednn_may_use_them(environ, bfloat16, amx):
+    assert distribute.native_bfloat16(SAPPHIRE_RAPIDS_FLAGS, environ) is bfloat16
+    usable = distribute.usable_cpu_flags(SAPPHIRE_RAPIDS_FLAGS, environ)
+    assert ("amx_bf16" in usable, "amx_tile" in usable, "avx2" in usable) == (amx, amx, True)
+
+
+def test_auto_precision_is_float32_on_a_bfloat16_cpu_whose_onednn_is_off(monkeypatch):
+    flags = distribute.cpu_flags(SAPPHIRE_RAPIDS_FLAGS)
+    monkeypatch.setattr(distribute, "cpu_flags", lambda cpuinfo=None: set(flags))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    assert distribute.mixed_precision_policy("auto", gpu=False) == "mixed_bfloat16"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert distribute.mixed_precision_policy("auto", gpu=False) == "float32"
+    assert distribute.mixed_precision_policy("on", gpu=False) == "mixed_bfloat16"  # forced stays forced
