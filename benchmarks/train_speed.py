@@ -26,7 +26,7 @@ call spends outside its steps. Variants, each against `default`
                epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
                `--mixed-precision auto` choose, timing XLA first), its callbacks, grids every 100
-               steps and a checkpoint every 500, verbose 2; s/step is the mean after the
+               steps, a checkpoint every 500, its progress line; s/step is the mean after the
                warm-up over `--run-steps` (500, so one checkpoint falls inside), so the work done
                every 100 and 500 steps counts; stopped after them (no final evaluation)
 
@@ -73,6 +73,7 @@ from cgan_keras import cli, distribute, speed, training  # noqa: E402
 from cgan_keras.artifacts import atomic_path  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.data import load_data, make_dataset  # noqa: E402
+from cgan_keras.progress import RunProgress  # noqa: E402
 from cgan_keras.speed import SpeedChoice  # noqa: E402
 from cgan_keras.training import build_gan  # noqa: E402
 
@@ -204,7 +205,8 @@ def run_train_py(batch_size, images, labels, args):
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         config = TrainConfig(data="builtin", batch_size=batch_size, out=out)
         training.prepare_directory(config)
-        gan, _ = training.run(config, images, labels, callbacks=[timer], verbose=2)
+        # train.py's own progress line (it prints to the redirected stdout), not Keras' per-epoch one.
+        gan, _ = training.run(config, images, labels, callbacks=[RunProgress(config.steps), timer], verbose=0)
         choice = dataclasses.replace(SpeedChoice.load(Path(out) / "speed.json"), recorded=False)  # decided by this run
     return timed_run_row(
         gan, timer, started, batch_size, f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"
