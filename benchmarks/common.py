@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cgan_keras import distribute
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The layers whose multiply-accumulates are counted; everything else (BatchNorm,
 # activations, concatenation, the projection's dot product) is elementwise or tiny.
@@ -30,7 +32,9 @@ def environment_lines():
     commit = (git("rev-parse", "--short", "HEAD") or "unknown") + ("+dirty" if git("status", "--porcelain") else "")
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    bf16 = " ".join(flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in cpuinfo) or "no bf16 flags"
+    bf16 = " ".join(sorted(distribute.cpu_flags(cpuinfo) & distribute.BFLOAT16_FLAGS)) or "no bf16 flags"
+    # They decide whether bf16 is native here (`distribute.usable_cpu_flags`), so a reader sees them.
+    bf16 += "".join(f", {name}={os.environ[name]}" for name in distribute.ONEDNN_SETTINGS if name in os.environ)
     return [
         f"commit: {commit}",
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",

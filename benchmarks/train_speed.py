@@ -26,7 +26,7 @@ call spends outside its steps. Variants, each against `default`
                epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
                `--mixed-precision auto` choose, timing XLA first), its callbacks, grids every 100
-               steps, a checkpoint every 500, its progress line; s/step is the mean after the
+               steps, a checkpoint every 500, its progress line as on a terminal; s/step is the mean after the
                warm-up over `--run-steps` (500, so one checkpoint falls inside), so the work done
                every 100 and 500 steps counts; stopped after them (no final evaluation)
 
@@ -205,8 +205,9 @@ def run_train_py(batch_size, images, labels, args):
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         config = TrainConfig(data="builtin", batch_size=batch_size, out=out)
         training.prepare_directory(config)
-        # train.py's own progress line (it prints to the redirected stdout), not Keras' per-epoch one.
-        gan, _ = training.run(config, images, labels, callbacks=[RunProgress(config.steps), timer], verbose=0)
+        # train.py's own progress line as a terminal shows it (redrawn every 0.1 s), not Keras' logger.
+        progress = RunProgress(config.steps, interactive=True, stream=devnull)
+        gan, _ = training.run(config, images, labels, callbacks=[progress, timer], verbose=0)
         choice = dataclasses.replace(SpeedChoice.load(Path(out) / "speed.json"), recorded=False)  # decided by this run
     return timed_run_row(
         gan, timer, started, batch_size, f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"

@@ -100,10 +100,14 @@ class TrainConfig:
         "auto", "compile the training step with XLA: on, off, or auto (time both, keep the faster)"
     )
     mixed_precision: str = _field(
-        "auto", "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs only)"
+        "auto",
+        "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs, "
+        "bfloat16 on CPUs where TensorFlow computes in it natively)",
     )
     intra_op_threads: int = _field(
-        0, "TensorFlow threads per op: 0 = auto (1 on 2-core CPUs with AMX training in bfloat16, else TensorFlow's)"
+        0,
+        "TensorFlow threads per op: 0 = auto (1 on 2-core CPUs whose AMX oneDNN uses, training in bfloat16, "
+        "else TensorFlow's)",
     )
     strategy: str = _field("default", "tf.distribute strategy: default, mirrored or multiworker (TF_CONFIG)")
     cpu_replicas: int = _field(1, "logical CPU devices for --strategy mirrored on a machine without GPUs")

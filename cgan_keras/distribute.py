@@ -16,12 +16,16 @@ from cgan_keras.config import CHOICES
 
 STRATEGIES = CHOICES["strategy"]
 BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-# oneDNN's ISA caps (`ONEDNN_MAX_CPU_ISA`, its "CPU dispatcher control") that leave it
-# without bfloat16 kernels, and those that leave it without AMX ones.
+ONEDNN_SETTINGS = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# oneDNN's ISA caps (`ONEDNN_MAX_CPU_ISA`, its "CPU dispatcher control") that exclude the
+# bfloat16 instructions (it emulates bfloat16 at AVX512_CORE and aborts at AVX2), and
+# those that exclude AMX.
 ISAS_WITHOUT_BFLOAT16 = frozenset(
     {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 )
-ISAS_WITHOUT_AMX = ISAS_WITHOUT_BFLOAT16 | {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512"}
+ISAS_WITHOUT_AMX = ISAS_WITHOUT_BFLOAT16 | {
+    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2", "AVX10_2_512"
+}  # fmt: skip
 
 
 def make_strategy(name="default", cpu_replicas=1):
@@ -64,7 +68,7 @@ def mixed_precision_policy(setting="on", gpu=None, bfloat16_cpu=None):
     """The Keras dtype policy that a `--mixed-precision` setting means on this machine.
 
     `on`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs. `off`: `float32`.
-    `auto`: `mixed_float16` on GPUs; on CPUs, `mixed_bfloat16` where the CPU
+    `auto`: `mixed_float16` on GPUs; on CPUs, `mixed_bfloat16` where TensorFlow
     computes in bfloat16 natively (1.10x faster per step, and the same quality
     at 3,000 steps on full MNIST: label accuracy 98.73% vs 98.79%, FID 3.92x vs
     3.96x the floor), else `float32`: emulated, bfloat16 was about 5x slower.
@@ -72,8 +76,9 @@ def mixed_precision_policy(setting="on", gpu=None, bfloat16_cpu=None):
     Args:
         setting: `auto`, `on` or `off`.
         gpu: whether training runs on GPUs; `None` asks TensorFlow.
-        bfloat16_cpu: whether the CPU has bfloat16 instructions; `None` reads
-            `/proc/cpuinfo` (`native_bfloat16`).
+        bfloat16_cpu: whether TensorFlow computes in bfloat16 natively here;
+            `None` asks `native_bfloat16` (`/proc/cpuinfo` and TensorFlow's
+            oneDNN settings in the environment).
 
     Returns:
         `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`.
@@ -107,21 +112,22 @@ def usable_cpu_flags(cpuinfo=None, environ=None):
 
     TensorFlow computes in bfloat16 natively only through oneDNN. With oneDNN
     off (`TF_ENABLE_ONEDNN_OPTS=0` or `false`, which TensorFlow's start-up note
-    suggests) it emulates bfloat16, and an ISA cap below `AVX512_CORE_BF16`
-    (`ONEDNN_MAX_CPU_ISA`, or the older `DNNL_MAX_CPU_ISA`, any case) leaves
-    oneDNN without its bfloat16 kernels: on machine A (`avx512_bf16`) a
+    suggests) it emulates bfloat16, and so does oneDNN capped to an ISA without
+    the bfloat16 instructions (`ONEDNN_MAX_CPU_ISA`, or the older
+    `DNNL_MAX_CPU_ISA`; any case), or it fails: on machine A (`avx512_bf16`) a
     `mixed_bfloat16` step took 7.6x as long as a float32 one with oneDNN off,
-    2.1x with `AVX512_CORE`, and failed with `AVX2`. A cap below
-    `AVX512_CORE_AMX` leaves it without AMX.
+    2.1x capped to `AVX512_CORE`, and aborted the process capped to `AVX2`. A
+    cap to an ISA without AMX likewise leaves AMX unused.
 
     Args:
-        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it.
-        environ: the environment TensorFlow reads; `None` is `os.environ`.
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (no file: an empty set).
+        environ: the environment TensorFlow and oneDNN read; `None` is `os.environ`.
     """
     environ = os.environ if environ is None else environ
     flags = cpu_flags(cpuinfo)
-    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    onednn_off = environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false")
+    # Read as TensorFlow and oneDNN do: an empty cap is no cap, and a value either does not know is ignored.
+    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    onednn_off = environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower() in ("0", "false")
     if onednn_off or cap in ISAS_WITHOUT_BFLOAT16:
         flags = flags - BFLOAT16_FLAGS
     if onednn_off or cap in ISAS_WITHOUT_AMX:

@@ -115,7 +115,8 @@ class SpeedChoice:
 def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
     """The threads per op a run asks TensorFlow for: `setting` if positive, else the `auto` rule.
 
-    `auto` is 1 where it was measured faster (a CPU with AMX, at most
+    `auto` is 1 where it was measured faster (a CPU with AMX that oneDNN may
+    use, `distribute.usable_cpu_flags`; at most
     `SINGLE_THREAD_MAX_CORES` usable cores, training in `mixed_bfloat16`),
     else 0; a `TF_NUM_INTRAOP_THREADS` in the environment is the user's own
     choice, which TensorFlow reads itself, so `auto` is then 0 too.
@@ -123,7 +124,8 @@ def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
     Args:
         setting: `--intra-op-threads`: 0 (auto) or the threads to use.
         policy: the run's dtype policy (`distribute.mixed_precision_policy`).
-        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it.
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (oneDNN's settings
+            come from the environment).
         cores: usable cores; `None` counts this process's.
 
     Returns:

@@ -21,6 +21,15 @@ from support import mount_tmpfs  # noqa: E402
 
 
 @pytest.fixture
+def onednn_defaults(monkeypatch):
+    """TensorFlow's oneDNN settings unset (oneDNN on, no ISA cap), as on a machine left alone."""
+    from cgan_keras.distribute import ONEDNN_SETTINGS
+
+    for name in ONEDNN_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def digits():
     """64 fake 'digits': float32 (64, 28, 28, 1) in [-1, 1] and int32 labels (64,) covering 0..9."""
     rng = np.random.default_rng(0)

@@ -73,10 +73,10 @@ SAPPHIRE_RAPIDS_FLAGS = "model name\t: Intel Xeon\nflags\t\t: avx2 avx512f avx51
 
 
 def test_native_bfloat16_is_read_from_the_cpu_flags():
-    assert not distribute.native_bfloat16(AMD_ZEN3_FLAGS)
-    assert distribute.native_bfloat16(SAPPHIRE_RAPIDS_FLAGS)
-    assert distribute.native_bfloat16("flags\t: avx2 avx512_bf16\n")
-    assert not distribute.native_bfloat16("model name\t: avx512_bf16 in a name is not a flag\n")
+    assert not distribute.native_bfloat16(AMD_ZEN3_FLAGS, {})
+    assert distribute.native_bfloat16(SAPPHIRE_RAPIDS_FLAGS, {})
+    assert distribute.native_bfloat16("flags\t: avx2 avx512_bf16\n", {})
+    assert not distribute.native_bfloat16("model name\t: avx512_bf16 in a name is not a flag\n", {})
 
 
 def test_mixed_precision_settings_map_to_policies():
@@ -104,6 +104,10 @@ def test_mixed_precision_settings_map_to_policies():
         ({"DNNL_MAX_CPU_ISA": "AVX512_CORE"}, False, False),
         ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True, False),
         ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, True, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX10_2_512"}, True, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "DNNL_MAX_CPU_ISA": "AVX2"}, True, True),  # oneDNN's name wins
+        ({"ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": "AVX2"}, False, False),  # an empty one is unset
+        ({"TF_ENABLE_ONEDNN_OPTS": "no"}, True, True),  # TensorFlow ignores it and keeps oneDNN on
     ],
 )
 def test_bfloat16_and_amx_count_only_where_tensorflows_onednn_may_use_them(environ, bfloat16, amx):
@@ -112,11 +116,9 @@ def test_bfloat16_and_amx_count_only_where_tensorflows_onednn_may_use_them(envir
     assert ("amx_bf16" in usable, "amx_tile" in usable, "avx2" in usable) == (amx, amx, True)
 
 
-def test_auto_precision_is_float32_on_a_bfloat16_cpu_whose_onednn_is_off(monkeypatch):
+def test_auto_precision_is_float32_on_a_bfloat16_cpu_whose_onednn_is_off(monkeypatch, onednn_defaults):
     flags = distribute.cpu_flags(SAPPHIRE_RAPIDS_FLAGS)
     monkeypatch.setattr(distribute, "cpu_flags", lambda cpuinfo=None: set(flags))
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert distribute.mixed_precision_policy("auto", gpu=False) == "mixed_bfloat16"
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -103,12 +103,14 @@ AVX512_BF16 = "flags\t\t: avx2 avx512f avx512_bf16\n"
         ("mixed_bfloat16", AMX, 8, 0),
     ],
 )
-def test_auto_threads_are_one_only_on_small_amx_machines_in_bfloat16(monkeypatch, policy, cpuinfo, cores, expected):
+def test_auto_threads_are_one_only_on_small_amx_machines_in_bfloat16(
+    monkeypatch, onednn_defaults, policy, cpuinfo, cores, expected
+):
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     assert speed.intra_op_threads(0, policy, cpuinfo, cores) == expected
 
 
-def test_auto_threads_stay_the_default_where_onednn_may_not_use_amx(monkeypatch):
+def test_auto_threads_stay_the_default_where_onednn_may_not_use_amx(monkeypatch, onednn_defaults):
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     assert speed.intra_op_threads(0, "mixed_bfloat16", AMX, 2) == 0
@@ -116,7 +118,7 @@ def test_auto_threads_stay_the_default_where_onednn_may_not_use_amx(monkeypatch)
     assert speed.intra_op_threads(0, "mixed_bfloat16", AMX, 2) == 1
 
 
-def test_forced_threads_and_the_users_environment_win_over_auto(monkeypatch):
+def test_forced_threads_and_the_users_environment_win_over_auto(monkeypatch, onednn_defaults):
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     assert speed.intra_op_threads(3, "mixed_bfloat16", AMX, 2) == 3
     assert speed.intra_op_threads(2, "float32", AVX512_BF16, 8) == 2
