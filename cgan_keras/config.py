@@ -83,6 +83,9 @@ class TrainConfig:
     label_smoothing: float = _field(0.0, "one-sided smoothing: the real target is 1 - label_smoothing")
     r1_gamma: float = _field(1.0, "weight gamma of the R1 penalty, gamma/2 |d logit / d image|^2 on reals; 0: none")
     r1_every: int = _field(4, "the R1 penalty is computed on every r1_every-th real digit of each batch (1: all)")
+    r1_interval: int = _field(
+        1, "the R1 penalty is computed at every r1_interval-th step only, weighted by r1_interval (lazy R1)"
+    )
     ema_decay: float = _field(
         0.999, "decay of the moving average of the generator's weights that is sampled and exported; 0: none"
     )
@@ -127,7 +130,7 @@ class TrainConfig:
                 object.__setattr__(self, name, "on" if getattr(self, name) else "off")
         positive = (
             "steps", "batch_size", "latent_dim", "sample_every", "log_every", "checkpoint_every",
-            "cpu_replicas", "r1_every", "ema_statistics_every",
+            "cpu_replicas", "r1_every", "r1_interval", "ema_statistics_every",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)

@@ -113,6 +113,7 @@ class ConditionalGAN(keras.Model):
         generator_loss=None,
         r1_gamma=None,
         r1_every=None,
+        r1_interval=None,
         **kwargs,
     ):
         """Configures training.
@@ -143,6 +144,12 @@ class ConditionalGAN(keras.Model):
                 digit of each batch (its cost shrinks with it; a stride, not
                 the first digits, so that N replicas penalize the digits one
                 device would). `None` means the recipe's, 4.
+            r1_interval: the penalty is computed at every `r1_interval`-th
+                training step only, weighted by `r1_interval` to keep its
+                average strength (StyleGAN2's lazy regularization, Karras
+                et al. 2020): fewer, larger R1 batches run closer to the
+                machine's peak. With `r1_every=1` it reuses the real batch's
+                forward pass. `None` means the recipe's, 1.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
@@ -151,10 +158,11 @@ class ConditionalGAN(keras.Model):
         recipe = TrainConfig()
         r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
         r1_every = recipe.r1_every if r1_every is None else r1_every
-        if r1_gamma < 0 or not isinstance(r1_every, int) or r1_every < 1:
+        r1_interval = recipe.r1_interval if r1_interval is None else r1_interval
+        if r1_gamma < 0 or not all(isinstance(value, int) and value >= 1 for value in (r1_every, r1_interval)):
             raise ValueError(
-                "`r1_gamma` must be >= 0 and `r1_every` a positive integer. "
-                f"Received: r1_gamma={r1_gamma}, r1_every={r1_every!r}"
+                "`r1_gamma` must be >= 0, and `r1_every` and `r1_interval` positive integers. "
+                f"Received: r1_gamma={r1_gamma}, r1_every={r1_every!r}, r1_interval={r1_interval!r}"
             )
         generator_optimizer = keras.optimizers.get(
             generator_optimizer or _recipe_adam(recipe, recipe.generator_learning_rate)
@@ -170,7 +178,7 @@ class ConditionalGAN(keras.Model):
         if self.dtype_policy.name == "mixed_float16":
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
-        self.r1_gamma, self.r1_every = r1_gamma, r1_every
+        self.r1_gamma, self.r1_every, self.r1_interval = r1_gamma, r1_every, r1_interval
         self.loss_fn = keras.losses.get(loss or keras.losses.Hinge())
         if generator_loss is None:
             generator_loss = losses.LinearLoss() if isinstance(self.loss_fn, keras.losses.Hinge) else self.loss_fn
@@ -185,6 +193,7 @@ class ConditionalGAN(keras.Model):
             label_smoothing=label_smoothing,
             r1_gamma=r1_gamma,
             r1_every=r1_every,
+            r1_interval=r1_interval,
             loss=self.loss_fn,
             generator_loss=self.generator_loss_fn,
             **kwargs,
@@ -255,7 +264,7 @@ class ConditionalGAN(keras.Model):
                 )
                 d_loss_fake, fake_logits = update_discriminator(fake_images, fake_digits, fake_target)
                 d_loss_real, real_logits = update_discriminator(
-                    real_images, real_digits, real_target, self.r1_gamma, self.r1_every
+                    real_images, real_digits, real_target, *self._r1_settings()
                 )
             fooled_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=True)
             g_loss = self.generator_loss_fn(fooled_target, fooled_logits)
@@ -268,6 +277,13 @@ class ConditionalGAN(keras.Model):
             every = self.ema_statistics_every
             self.ema_generator({"digit": fake_digits[::every], "noise": noise[::every]}, training=True)
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
+
+    def _r1_settings(self):
+        """`(weight, every, due)` of this step's R1 for `_update_discriminator`."""
+        if self.r1_interval == 1:
+            return self.r1_gamma, self.r1_every, None
+        due = ops.equal(self.generator_optimizer.iterations % self.r1_interval, 0)
+        return self.r1_gamma * self.r1_interval, self.r1_every, due
 
     def test_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -318,16 +334,33 @@ class ConditionalGAN(keras.Model):
         return cls(**config)
 
 
-def _update_discriminator(discriminator, optimizer, loss_fn, images, digits, targets, r1_gamma=0.0, r1_every=1):
-    """One optimizer step of the discriminator on one batch (R1 on every `r1_every`-th); returns `(loss, logits)`."""
+def _update_discriminator(
+    discriminator, optimizer, loss_fn, images, digits, targets, r1_weight=0.0, r1_every=1, r1_due=None
+):
+    """One optimizer step of the discriminator on one batch; returns `(loss, logits)`.
+
+    With `r1_weight`, the optimized loss gains `r1_weight / 2` times R1
+    (`r1_penalty`) on every `r1_every`-th digit, at this step only where the
+    bool tensor `r1_due` is true (`None`: always). The returned loss is
+    without it.
+    """
     with tf.GradientTape() as tape:
-        logits = discriminator({"image": images, "digit": digits}, training=True)
+        with tf.GradientTape() as image_tape:
+            image_tape.watch(images)
+            logits = discriminator({"image": images, "digit": digits}, training=True)
+            summed_logits = ops.sum(ops.cast(logits, "float32"))
         loss = loss_fn(targets, logits)
         penalized = loss
-        if r1_gamma:
+        if r1_weight:
+
+            def penalty():
+                if r1_every == 1:  # the loss's own forward pass: R1 adds only backward passes
+                    return _mean_squared_norm(image_tape.gradient(summed_logits, images))
+                return r1_penalty(discriminator, images[::r1_every], digits[::r1_every])
+
+            value = penalty() if r1_due is None else tf.cond(r1_due, penalty, lambda: tf.constant(0.0))
             replicas, _ = _replica_context()  # scaled like the Keras loss, so summed gradients average
-            penalty = r1_penalty(discriminator, images[::r1_every], digits[::r1_every])
-            penalized = loss + r1_gamma / 2 * penalty / replicas
+            penalized = loss + r1_weight / 2 * value / replicas
         # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
         scaled_loss = optimizer.scale_loss(penalized)
     weights = discriminator.trainable_variables
@@ -351,8 +384,12 @@ def r1_penalty(discriminator, images, digits):
         logits = discriminator({"image": images, "digit": digits}, training=True)
         # Summed inside the tape: each logit depends on its own image only, so one gradient holds them all.
         total = ops.sum(ops.cast(logits, "float32"))
-    gradients = ops.cast(tape.gradient(total, images), "float32")
-    return ops.mean(ops.sum(ops.square(gradients), axis=(1, 2, 3)))
+    return _mean_squared_norm(tape.gradient(total, images))
+
+
+def _mean_squared_norm(gradients):
+    """The mean over the batch of each `(H, W, C)` gradient's squared norm, in float32."""
+    return ops.mean(ops.sum(ops.square(ops.cast(gradients, "float32")), axis=(1, 2, 3)))
 
 
 def _fake_batch(seed_generator, batch_size, latent_dim, num_classes):

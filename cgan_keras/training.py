@@ -107,6 +107,7 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
                 label_smoothing=config.label_smoothing,
                 r1_gamma=config.r1_gamma,
                 r1_every=config.r1_every,
+                r1_interval=config.r1_interval,
                 loss=keras.losses.Hinge()
                 if config.loss == "hinge"
                 else keras.losses.BinaryCrossentropy(from_logits=True),

@@ -7,7 +7,7 @@ import tensorflow as tf
 from support import LATENT_DIM, tiny_gan
 
 from cgan_keras.config import TrainConfig
-from cgan_keras.gan import ConditionalGAN, r1_penalty
+from cgan_keras.gan import ConditionalGAN, _update_discriminator, r1_penalty
 from cgan_keras.losses import LinearLoss
 from cgan_keras.sampler import DigitSampler
 
@@ -174,14 +174,14 @@ def test_without_ema_the_generator_itself_is_sampled():
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
-    gan = tiny_gan(r1_gamma=0.5, r1_every=2)
+    gan = tiny_gan(r1_gamma=0.5, r1_every=2, r1_interval=3)
     gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
     gan.save(tmp_path / "gan.keras")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "compile() was not called" and no unbuilt-state warnings
         loaded = keras.models.load_model(tmp_path / "gan.keras")  # safe_mode, no custom_objects
     assert isinstance(loaded, ConditionalGAN) and isinstance(loaded.generator_loss_fn, LinearLoss)
-    assert (loaded.r1_gamma, loaded.r1_every) == (0.5, 2)
+    assert (loaded.r1_gamma, loaded.r1_every, loaded.r1_interval) == (0.5, 2, 3)
     sample = DigitSampler.from_gan(loaded)(range(10), seed=0)
     np.testing.assert_allclose(sample, DigitSampler.from_gan(gan)(range(10), seed=0), atol=1e-6)
     assert int(loaded.optimizer.iterations) == 4
@@ -263,7 +263,59 @@ def test_r1_shrinks_the_discriminators_gradient_on_real_digits(digits):
     assert gradient_norm_after_training(100.0) < 0.5 * gradient_norm_after_training(0.0)
 
 
-@pytest.mark.parametrize("arguments", [dict(r1_gamma=-1.0), dict(r1_every=0), dict(r1_every=2.5)])
+@pytest.mark.parametrize(
+    "arguments", [dict(r1_gamma=-1.0), dict(r1_every=0), dict(r1_every=2.5), dict(r1_interval=0), dict(r1_interval=2.0)]
+)
 def test_compile_rejects_bad_r1_settings(arguments):
     with pytest.raises(ValueError, match="r1_"):
         tiny_gan().compile(**arguments)
+
+
+def discriminator_after_one_update(digits, **r1):
+    """The weights of `tiny_gan`'s discriminator after one SGD `_update_discriminator` on 16 real digits."""
+    images, labels = digits
+    discriminator = tiny_gan(compile=False).discriminator
+    optimizer = keras.optimizers.SGD(0.1)
+    real, targets = tf.constant(images[:16]), tf.ones((16, 1))
+    _update_discriminator(discriminator, optimizer, keras.losses.Hinge(), real, tf.constant(labels[:16]), targets, **r1)
+    return weights_of(discriminator)
+
+
+def test_r1_on_all_digits_reusing_the_forward_pass_matches_the_penalty_computed_apart(digits):
+    images, labels = digits
+    discriminator = tiny_gan(compile=False).discriminator
+    real, real_digits, targets = tf.constant(images[:16]), tf.constant(labels[:16]), tf.ones((16, 1))
+    with tf.GradientTape() as tape:
+        logits = discriminator({"image": real, "digit": real_digits}, training=True)
+        loss = keras.losses.Hinge()(targets, logits) + 2.0 / 2 * r1_penalty(discriminator, real, real_digits)
+    weights = discriminator.trainable_variables
+    keras.optimizers.SGD(0.1).apply(tape.gradient(loss, weights), weights)
+    shared = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=1)
+    for expected, actual in zip(weights_of(discriminator), shared, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    plain = discriminator_after_one_update(digits)
+    assert changed(plain, shared)  # the penalty moved the weights
+
+
+@pytest.mark.parametrize("r1_every", [1, 2])
+def test_lazy_r1_is_applied_exactly_when_due(digits, r1_every):
+    always = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every)
+    due = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every, r1_due=tf.constant(True))
+    not_due = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every, r1_due=tf.constant(False))
+    without = discriminator_after_one_update(digits)
+    for first, second in ((always, due), (without, not_due)):
+        for expected, actual in zip(first, second, strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    assert changed(without, always)
+
+
+def test_lazy_r1_is_due_every_r1_interval_steps_at_r1_interval_times_the_weight():
+    gan = tiny_gan(r1_gamma=0.5, r1_every=1, r1_interval=3)
+    due = []
+    for step in range(7):
+        gan.optimizer.iterations.assign(step)
+        weight, every, now = gan._r1_settings()
+        due.append(bool(now))
+    assert (weight, every) == (1.5, 1)
+    assert due == [True, False, False, True, False, False, True]
+    assert tiny_gan(r1_gamma=0.5)._r1_settings()[2] is None  # every step: no condition in the graph

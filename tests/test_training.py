@@ -100,8 +100,8 @@ def test_seed_preset_builds_the_tutorial_networks():
 
 
 def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
-    gan = training.build_gan(TrainConfig(r1_gamma=0.5, r1_every=2))
-    assert (gan.r1_gamma, gan.r1_every) == (0.5, 2)
+    gan = training.build_gan(TrainConfig(r1_gamma=0.5, r1_every=2, r1_interval=3))
+    assert (gan.r1_gamma, gan.r1_every, gan.r1_interval) == (0.5, 2, 3)
     with pytest.raises(ValueError, match="`r1_gamma` must be >= 0. Received: r1_gamma=-1"):
         TrainConfig(r1_gamma=-1)
 
