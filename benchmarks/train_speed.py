@@ -126,10 +126,12 @@ def step_flops(gan, batch_size):
     (no gradient for its image input); 1 backward through the discriminator to
     its image input (not to its weights) and on through the generator to its
     weights. The fake batch has as many digits as the real one. With R1
-    (`gan.r1_gamma`), every `gan.r1_every`-th real digit also
-    costs a forward and a backward to the image, and the penalty's gradient
-    to the weights runs back through both: counted as twice their FLOPs
-    (backward ~ 2x forward), so 3x (forward + backward to the image) in all.
+    (`gan.r1_gamma`), at every `gan.r1_interval`-th step, every
+    `gan.r1_every`-th real digit also costs a forward and a backward to the
+    image, and the penalty's gradient to the weights runs back through both:
+    counted as twice their FLOPs (backward ~ 2x forward), so 3x (forward +
+    backward to the image) in all; on every digit the forward pass is the real
+    batch's own, and only the backward to the image counts (3x).
     """
     generator, discriminator = gan.generator, gan.discriminator
     discriminator_forward = common.forward_flops(discriminator)
@@ -141,8 +143,9 @@ def step_flops(gan, batch_size):
         "generator update": backward_to_image + common.backward_flops(generator, weights_need_grad=True),
     }
     if gan.r1_gamma:
-        share = math.ceil(batch_size / gan.r1_every) / batch_size
-        parts["R1 penalty"] = share * 3 * (discriminator_forward + backward_to_image)
+        share = math.ceil(batch_size / gan.r1_every) / batch_size / gan.r1_interval
+        own_forward = 0 if gan.r1_every == 1 else discriminator_forward
+        parts["R1 penalty"] = share * 3 * (own_forward + backward_to_image)
     return parts
 
 

@@ -1,8 +1,10 @@
 """The benchmark scripts' own arithmetic (their timings are never asserted)."""
 
 import pytest
+from support import tiny_gan
 
-from benchmarks.train_speed import ratios_to_fastest, step_seconds_after_warmup
+from benchmarks import common
+from benchmarks.train_speed import ratios_to_fastest, step_flops, step_seconds_after_warmup
 
 
 def test_ratios_to_fastest_pair_rows_of_the_same_round():
@@ -24,3 +26,13 @@ def test_step_seconds_after_warmup_give_the_mean_and_the_median_of_the_timed_ste
     mean, median = step_seconds_after_warmup([0.0, 1.0, 2.0, 2.5, 3.0, 5.0], warmup_steps=2)
     assert mean == pytest.approx(1.0)
     assert median == pytest.approx(0.75)
+
+
+def test_r1_flops_follow_its_interval_and_count_no_forward_pass_of_their_own_on_every_digit():
+    def r1_flops(**r1):
+        return step_flops(tiny_gan(r1_gamma=1.0, **r1), 16)["R1 penalty"]
+
+    on_every_4th_digit = r1_flops(r1_every=4)
+    assert r1_flops(r1_every=4, r1_interval=4) == pytest.approx(on_every_4th_digit / 4)
+    forward = common.forward_flops(tiny_gan().discriminator)
+    assert r1_flops(r1_every=1) == pytest.approx(4 * on_every_4th_digit - 3 * forward)
