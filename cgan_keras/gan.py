@@ -345,7 +345,7 @@ def _update_discriminator(
     without it.
     """
     with tf.GradientTape() as tape:
-        with tf.GradientTape() as image_tape:
+        with tf.GradientTape(watch_accessed_variables=False) as image_tape:  # R1's, on the images only
             image_tape.watch(images)
             logits = discriminator({"image": images, "digit": digits}, training=True)
             summed_logits = ops.sum(ops.cast(logits, "float32"))

@@ -23,11 +23,11 @@ def one_step(strategy, images, labels, config=TINY):
 
 
 # R1 penalizes every 4th real digit, and the averaged generator's BatchNorm statistics come from every 4th fake:
-# the same digits either way.
-@pytest.mark.parametrize("r1_gamma", [0.0, 1.0])
-def test_two_replicas_take_the_same_step_as_one_device(digits, r1_gamma):
+# the same digits either way. Lazy R1 (due at the first step) reuses each replica's forward pass.
+@pytest.mark.parametrize("r1", [dict(r1_gamma=0.0), dict(r1_gamma=1.0), dict(r1_gamma=1.0, r1_every=1, r1_interval=2)])
+def test_two_replicas_take_the_same_step_as_one_device(digits, r1):
     images, labels = digits[0][:16], digits[1][:16]
-    config = dataclasses.replace(TINY, r1_gamma=r1_gamma)
+    config = dataclasses.replace(TINY, **r1)
     mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
     assert mirrored.num_replicas_in_sync == 2
     single, single_logs = one_step(None, images, labels, config)
