@@ -7,6 +7,7 @@ of it), then update the generator through the discriminator with
 flipped labels (its fakes labelled real).
 """
 
+import contextlib
 import functools
 
 import keras
@@ -143,13 +144,16 @@ class ConditionalGAN(keras.Model):
             r1_every: the penalty is computed on every `r1_every`-th real
                 digit of each batch (its cost shrinks with it; a stride, not
                 the first digits, so that N replicas penalize the digits one
-                device would). `None` means the recipe's, 4.
+                device would); on every digit (1) it reuses the real batch's
+                forward pass. `None` means the recipe's, 4.
             r1_interval: the penalty is computed at every `r1_interval`-th
-                training step only, weighted by `r1_interval` to keep its
-                average strength (StyleGAN2's lazy regularization, Karras
-                et al. 2020): fewer, larger R1 batches run closer to the
-                machine's peak. With `r1_every=1` it reuses the real batch's
-                forward pass. `None` means the recipe's, 1.
+                training step only (where `optimizer.iterations` is a
+                multiple), weighted by `r1_interval` to keep its average
+                strength (StyleGAN2's lazy regularization, Karras et al.
+                2020): fewer, larger R1 batches run closer to the machine's
+                peak. Under `mixed_float16` a step that the loss scale skips
+                does not advance the counter, so a skipped due step is due
+                again. `None` means the recipe's, 1.
             **kwargs: passed to `keras.Model.compile` (`jit_compile`,
                 `steps_per_execution`, `run_eagerly`).
         """
@@ -279,7 +283,12 @@ class ConditionalGAN(keras.Model):
         return self._update_metrics(d_loss_fake + d_loss_real, g_loss, real_logits, fake_logits)
 
     def _r1_settings(self):
-        """`(weight, every, due)` of this step's R1 for `_update_discriminator`."""
+        """This step's R1 for `_update_discriminator`: `(weight, every, due)`.
+
+        `due` is a scalar bool tensor, true where the step counter is a
+        multiple of `r1_interval`, or `None` for R1 at every step (no
+        condition in the traced step).
+        """
         if self.r1_interval == 1:
             return self.r1_gamma, self.r1_every, None
         due = ops.equal(self.generator_optimizer.iterations % self.r1_interval, 0)
@@ -339,28 +348,42 @@ def _update_discriminator(
 ):
     """One optimizer step of the discriminator on one batch; returns `(loss, logits)`.
 
-    With `r1_weight`, the optimized loss gains `r1_weight / 2` times R1
-    (`r1_penalty`) on every `r1_every`-th digit, at this step only where the
-    bool tensor `r1_due` is true (`None`: always). The returned loss is
-    without it.
+    Args:
+        discriminator: a model with inputs `{"image", "digit"}` and logits `(N, 1)`.
+        optimizer: its optimizer (a `LossScaleOptimizer` under `mixed_float16`).
+        loss_fn: the loss of `(targets, logits)`.
+        images: float32 `(N, H, W, C)` in [-1, 1].
+        digits: int32 `(N,)`.
+        targets: float32 `(N, 1)`.
+        r1_weight: the optimized loss gains `r1_weight / 2` times R1
+            (`r1_penalty`), divided by the replica count as Keras divides
+            the loss; 0: no penalty.
+        r1_every: R1 on every `r1_every`-th digit.
+        r1_due: a scalar bool tensor: R1 only where it is true; `None`: always.
+
+    Returns:
+        The scalar loss without R1, and the logits `(N, 1)`.
     """
+    reuse_forward = bool(r1_weight) and r1_every == 1  # R1 on every digit: the loss's forward pass serves it
     with tf.GradientTape() as tape:
-        with tf.GradientTape(watch_accessed_variables=False) as image_tape:  # R1's, on the images only
-            image_tape.watch(images)
+        image_tape = tf.GradientTape(watch_accessed_variables=False) if reuse_forward else contextlib.nullcontext()
+        with image_tape:
+            if reuse_forward:
+                image_tape.watch(images)
             logits = discriminator({"image": images, "digit": digits}, training=True)
-            summed_logits = ops.sum(ops.cast(logits, "float32"))
+            summed_logits = ops.sum(ops.cast(logits, "float32")) if reuse_forward else None
         loss = loss_fn(targets, logits)
         penalized = loss
         if r1_weight:
 
             def penalty():
-                if r1_every == 1:  # the loss's own forward pass: R1 adds only backward passes
+                if reuse_forward:  # R1 adds only backward passes
                     return _mean_squared_norm(image_tape.gradient(summed_logits, images))
                 return r1_penalty(discriminator, images[::r1_every], digits[::r1_every])
 
-            value = penalty() if r1_due is None else tf.cond(r1_due, penalty, lambda: tf.constant(0.0))
+            r1 = penalty() if r1_due is None else tf.cond(r1_due, penalty, lambda: tf.constant(0.0))
             replicas, _ = _replica_context()  # scaled like the Keras loss, so summed gradients average
-            penalized = loss + r1_weight / 2 * value / replicas
+            penalized = loss + r1_weight / 2 * r1 / replicas
         # Identity unless the optimizer is a LossScaleOptimizer (mixed_float16).
         scaled_loss = optimizer.scale_loss(penalized)
     weights = discriminator.trainable_variables

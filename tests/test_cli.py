@@ -213,7 +213,12 @@ def test_infer_truncation_reaches_the_noise(trained_run, capsys):
 
 @pytest.mark.parametrize(
     "config",
-    [TINY, TrainConfig.from_preset("seed", steps=10, digit_at_every_scale=True, projection=False, ema_decay=0.5)],
+    [
+        TINY,
+        TrainConfig.from_preset(
+            "seed", steps=10, digit_at_every_scale=True, projection=False, ema_decay=0.5, r1_interval=4
+        ),
+    ],
     ids=["tiny", "seed preset"],
 )
 def test_train_flags_built_from_a_config_give_that_config_back(config):

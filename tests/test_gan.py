@@ -319,3 +319,21 @@ def test_lazy_r1_is_due_every_r1_interval_steps_at_r1_interval_times_the_weight(
     assert (weight, every) == (1.5, 1)
     assert due == [True, False, False, True, False, False, True]
     assert tiny_gan(r1_gamma=0.5)._r1_settings()[2] is None  # every step: no condition in the graph
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_traced_step_applies_lazy_r1_at_its_weight_when_due_and_not_otherwise(digits, jit_compile):
+    def discriminator_after_a_step(at_step, **r1):
+        gan = tiny_gan(jit_compile=jit_compile, **r1)
+        gan.optimizer.iterations.assign(at_step)
+        gan.train_on_batch(*digits)
+        return weights_of(gan.discriminator)
+
+    lazy = dict(r1_every=1, r1_interval=2)
+    due = discriminator_after_a_step(0, r1_gamma=1.0, **lazy)
+    for expected, actual in zip(discriminator_after_a_step(0, r1_gamma=2.0, r1_every=1), due, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    not_due = discriminator_after_a_step(1, r1_gamma=1.0, **lazy)
+    for expected, actual in zip(discriminator_after_a_step(1, r1_gamma=0.0), not_due, strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    assert changed(not_due, discriminator_after_a_step(1, r1_gamma=2.0, r1_every=1))  # R1 would have moved them

@@ -3,11 +3,11 @@ import json
 
 import pytest
 import tensorflow as tf
-from support import tiny_config
+from support import tiny_config, tiny_gan
 
 from cgan_keras import speed, training
 from cgan_keras.config import TrainConfig
-from cgan_keras.data import load_data
+from cgan_keras.data import load_data, make_dataset
 
 TINY = tiny_config(steps=5000, log_every=100)
 
@@ -136,3 +136,13 @@ def test_threads_cannot_change_once_tensorflow_runs_and_the_choice_reports_those
     assert speed.choose(dataclasses.replace(TINY, steps=200), never_timed).intra_op_threads == running
     with pytest.raises(ValueError, match="Received: intra_op_threads=-1"):
         TrainConfig(intra_op_threads=-1)
+
+
+def test_timed_steps_are_whole_periods_of_lazy_r1(digits):
+    lazy = tiny_gan(r1_every=1, r1_interval=3)
+    dataset = make_dataset(*digits, batch_size=16, seed=0)
+    assert speed.time_steps(lazy, dataset, warmup_steps=1, timed_steps=4) > 0
+    assert int(lazy.optimizer.iterations) == 1 + 6  # 4 timed steps, rounded up to two periods of 3
+    every_step = tiny_gan()
+    speed.time_steps(every_step, dataset, warmup_steps=1, timed_steps=4)
+    assert int(every_step.optimizer.iterations) == 1 + 4

@@ -104,6 +104,8 @@ def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
     assert (gan.r1_gamma, gan.r1_every, gan.r1_interval) == (0.5, 2, 3)
     with pytest.raises(ValueError, match="`r1_gamma` must be >= 0. Received: r1_gamma=-1"):
         TrainConfig(r1_gamma=-1)
+    with pytest.raises(ValueError, match="`r1_interval` must be a positive integer. Received: r1_interval=0"):
+        TrainConfig(r1_interval=0)
 
 
 def test_the_ema_statistics_stride_reaches_the_model_and_a_bad_one_is_refused():
