@@ -297,18 +297,6 @@ def test_r1_on_all_digits_reusing_the_forward_pass_matches_the_penalty_computed_
     assert changed(plain, shared)  # the penalty moved the weights
 
 
-@pytest.mark.parametrize("r1_every", [1, 2])
-def test_lazy_r1_is_applied_exactly_when_due(digits, r1_every):
-    always = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every)
-    due = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every, r1_due=tf.constant(True))
-    not_due = discriminator_after_one_update(digits, r1_weight=2.0, r1_every=r1_every, r1_due=tf.constant(False))
-    without = discriminator_after_one_update(digits)
-    for first, second in ((always, due), (without, not_due)):
-        for expected, actual in zip(first, second, strict=True):
-            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
-    assert changed(without, always)
-
-
 def test_lazy_r1_is_due_every_r1_interval_steps_at_r1_interval_times_the_weight():
     gan = tiny_gan(r1_gamma=0.5, r1_every=1, r1_interval=3)
     due = []
@@ -321,19 +309,27 @@ def test_lazy_r1_is_due_every_r1_interval_steps_at_r1_interval_times_the_weight(
     assert tiny_gan(r1_gamma=0.5)._r1_settings()[2] is None  # every step: no condition in the graph
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_a_traced_step_applies_lazy_r1_at_its_weight_when_due_and_not_otherwise(digits, jit_compile):
-    def discriminator_after_a_step(at_step, **r1):
-        gan = tiny_gan(jit_compile=jit_compile, **r1)
-        gan.optimizer.iterations.assign(at_step)
-        gan.train_on_batch(*digits)
-        return weights_of(gan.discriminator)
+LAZY_R1 = dict(r1_every=1, r1_interval=2)
 
-    lazy = dict(r1_every=1, r1_interval=2)
-    due = discriminator_after_a_step(0, r1_gamma=1.0, **lazy)
-    for expected, actual in zip(discriminator_after_a_step(0, r1_gamma=2.0, r1_every=1), due, strict=True):
+
+def discriminator_after_a_step(digits, at_step, jit_compile=False, **r1):
+    """The discriminator's weights after one traced `train_on_batch` of `tiny_gan(**r1)` at global step `at_step`."""
+    gan = tiny_gan(jit_compile=jit_compile, **r1)
+    gan.optimizer.iterations.assign(at_step)
+    gan.train_on_batch(*digits)
+    return weights_of(gan.discriminator)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_a_traced_step_applies_lazy_r1_at_r1_interval_times_its_weight_when_due(digits, jit_compile):
+    due = discriminator_after_a_step(digits, 0, jit_compile, r1_gamma=1.0, **LAZY_R1)
+    every_step = discriminator_after_a_step(digits, 0, jit_compile, r1_gamma=2.0, r1_every=1)
+    for expected, actual in zip(every_step, due, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
-    not_due = discriminator_after_a_step(1, r1_gamma=1.0, **lazy)
-    for expected, actual in zip(discriminator_after_a_step(1, r1_gamma=0.0), not_due, strict=True):
+
+
+def test_a_traced_step_leaves_lazy_r1_out_when_not_due(digits):
+    not_due = discriminator_after_a_step(digits, 1, r1_gamma=1.0, **LAZY_R1)
+    for expected, actual in zip(discriminator_after_a_step(digits, 1, r1_gamma=0.0), not_due, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
-    assert changed(not_due, discriminator_after_a_step(1, r1_gamma=2.0, r1_every=1))  # R1 would have moved them
+    assert changed(not_due, discriminator_after_a_step(digits, 1, r1_gamma=2.0, r1_every=1))  # R1 would move them
