@@ -149,22 +149,6 @@ def step_flops(gan, batch_size):
     return parts
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Records the wall time of each step of a `fit`: from the previous step's end (or the epoch's start)."""
-
-    def __init__(self):
-        super().__init__()
-        self.step_seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._last = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        self.step_seconds.append(now - self._last)
-        self._last = now
-
-
 def time_fit(gan, dataset, args):
     """Times `args.repeats` `fit` calls after a warm-up one.
 
@@ -174,7 +158,7 @@ def time_fit(gan, dataset, args):
     """
 
     def fit(steps):
-        timer = StepTimer()
+        timer = speed.StepTimer()
         start = time.perf_counter()
         gan.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
         return time.perf_counter() - start, timer.step_seconds

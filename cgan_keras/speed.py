@@ -227,7 +227,7 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None):
     timed_steps = TIMED_STEPS if timed_steps is None else timed_steps
     period = gan.r1_interval if gan.r1_gamma else 1
     timed_steps = math.ceil(timed_steps / period) * period
-    timer = _StepTimer()
+    timer = StepTimer()
     gan.fit(dataset, steps_per_epoch=warmup_steps + timed_steps, epochs=1, verbose=0, callbacks=[timer])
     timed = timer.step_seconds[warmup_steps:]
     return statistics.median(statistics.mean(timed[start : start + period]) for start in range(0, timed_steps, period))
@@ -298,7 +298,9 @@ def run_timing_process(command, result_path, env=None, timeout=None):
     return json.loads(Path(result_path).read_text())
 
 
-class _StepTimer(keras.callbacks.Callback):
+class StepTimer(keras.callbacks.Callback):
+    """Records `step_seconds`: the wall time of each step of a `fit` epoch, from the previous step's end."""
+
     # Batch ends are step boundaries: the TensorFlow trainer turns each step's logs into floats before them.
     def on_epoch_begin(self, epoch, logs=None):
         self.step_seconds = []
