@@ -19,6 +19,7 @@ the last good checkpoint.
 """
 
 import argparse
+import atexit
 import dataclasses
 import functools
 import json
@@ -30,7 +31,7 @@ import time
 # tool checks its arguments first (infer.py runs ONNX models without TensorFlow at all).
 os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
 
-from cgan_keras import cli, run_lock
+from cgan_keras import cli, run_lock, timing_process
 from cgan_keras import config as config_module
 
 fail = functools.partial(cli.fail, "train.py")
@@ -98,6 +99,11 @@ def main(argv=None):
         fail(str(error))
     except OSError as error:
         fail(f"cannot write --out {config.out}: {error.strerror}")
+    xla_timing = None
+    if timing_process.wanted(config, resume):
+        # Started first, so that its TensorFlow import and XLA compilation overlap this process's start.
+        xla_timing = timing_process.TimingProcess(config)
+        atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
     from cgan_keras import data, distribute, loop, speed, training
@@ -139,6 +145,7 @@ def main(argv=None):
             callbacks=[progress],
             verbose=0,
             log=print,
+            xla_timing=xla_timing,
         )
     except training.Interrupted as interruption:
         saved = "saved" if interruption.saved_here else "saved by the chief (worker 0)"

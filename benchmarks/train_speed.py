@@ -57,6 +57,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +70,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from cgan_keras import cli, distribute, speed, training  # noqa: E402
+from cgan_keras import cli, distribute, speed, timing_process, training  # noqa: E402
 from cgan_keras.artifacts import atomic_path  # noqa: E402
 from cgan_keras.config import TrainConfig  # noqa: E402
 from cgan_keras.data import load_data, make_dataset  # noqa: E402
@@ -191,10 +192,12 @@ def run_train_py(batch_size, images, labels, args):
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         config = TrainConfig(data="builtin", batch_size=batch_size, out=out)
+        # As train.py starts it, before the run (its TensorFlow import cannot overlap this process's here).
+        xla_timing = timing_process.TimingProcess(config) if timing_process.wanted(config, resume=False) else None
         training.prepare_directory(config)
         # train.py's own progress line as a terminal shows it (redrawn every 0.1 s), not Keras' logger.
         progress = RunProgress(config.steps, interactive=True, stream=devnull)
-        gan, _ = training.run(config, images, labels, callbacks=[progress, timer], verbose=0)
+        gan, _ = training.run(config, images, labels, callbacks=[progress, timer], verbose=0, xla_timing=xla_timing)
         choice = dataclasses.replace(SpeedChoice.load(Path(out) / "speed.json"), recorded=False)  # decided by this run
     return timed_run_row(
         gan, timer, started, batch_size, f"{choice.summary()}; timing took {choice.measure_seconds:.1f} s"
@@ -270,7 +273,11 @@ def run_row_in_child(name, batch_size, args):
         for flag in ("repeats", "steps", "seconds", "warmup_steps", "run_steps", "intra_op_threads"):
             if getattr(args, flag) is not None:
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        return tuple(speed.run_timing_process([*command, "--row-result", str(result_path)], result_path))
+        row = subprocess.run([*command, "--row-result", str(result_path)], capture_output=True, text=True)
+        if row.returncode or not result_path.exists():
+            last_line = next((line for line in reversed(row.stderr.splitlines()) if line.strip()), "no output")
+            raise RuntimeError(f"the row's process exited with code {row.returncode}: {last_line.strip()}")
+        return tuple(json.loads(result_path.read_text()))
 
 
 def time_row_here(args):

@@ -4,14 +4,15 @@
 `--jit-compile auto`, `choose` times a few steps of two throwaway models built
 from the same config, one with XLA and one without, and keeps the faster; the
 run's own weights, noise and batches are the same as if it had not measured.
-On a CPU the XLA model trains in a child process (`time_in_child_process`):
-having trained one leaves a process 5-10% slower per step for good.
+On a CPU the XLA model trains in a child process, taking turns with the plain
+one (`timing_process`): having trained one leaves a process 5-10% slower per
+step for good.
 The choice goes to `speed.json` in the run directory, and a resumed run reuses
 it rather than deciding again (its checkpoint was trained under that choice).
 
 Example:
 
->>> choice = choose(config, time_step)  # time_step(jit_compile, policy) -> seconds per step
+>>> choice = choose(config, time_both)  # time_both(policy) -> (xla_seconds, plain_seconds) per step
 >>> print(choice.summary())
 XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32
 """
@@ -21,38 +22,21 @@ import json
 import math
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from cgan_keras import distribute
+from cgan_keras import distribute, timing_process
 from cgan_keras.artifacts import atomic_path
 
-# `auto` times runs of at least this many steps (the seed preset's 2,400 and the default
-# 5,000 included): the timing costs about as much as 100-200 of the run's steps (two
-# model builds, tracing, XLA compilation, 2 x 12 steps), a few percent of such a run
-# but most of a short test run.
-MEASURE_MIN_STEPS = 2000
-WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
-TIMED_STEPS = 10
 # One thread per op on a 2-core CPU with AMX, in mixed_bfloat16: train.py's mean step there took 0.0346 s
 # against 0.0413 s with TensorFlow's two (1.19x). AMX runs this model's small convolutions too fast to gain
 # from splitting each over both cores; TensorFlow's two inter-op threads run independent ops side by side
 # instead. In float32 the two settings tied there (0.0501 vs 0.0494 s), and with XLA one thread was 1.5x
 # slower (XLA loses there either way). Not measured on more cores or on CPUs without AMX: they keep the default.
 SINGLE_THREAD_MAX_CORES = 2
-# A child that has not reported by then is stuck (both timings together took 15-20 s on 2 cores).
-CHILD_TIMEOUT_SECONDS = 600
-
-
-class TimingFailed(RuntimeError):
-    """The child process could not time the steps; the message says why (e.g. `UnimplementedError`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,13 +134,13 @@ def set_intra_op_threads(threads):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
-def choose_jit_compile(setting, time_step, measure=True):
+def choose_jit_compile(setting, time_both, measure=True):
     """Decides whether to compile with XLA: as forced, or by timing both ways.
 
     Args:
         setting: `on`, `off` or `auto`.
-        time_step: `time_step(jit_compile) -> seconds per step`; called (once
-            with `True`, once with `False`) only for `auto` with `measure`.
+        time_both: `time_both() -> (xla_seconds, plain_seconds)` per step;
+            called only for `auto` with `measure`.
         measure: whether `auto` may time; without it, `auto` means off.
 
     Returns:
@@ -166,23 +150,22 @@ def choose_jit_compile(setting, time_step, measure=True):
     if setting in ("on", "off"):
         return setting == "on", None, None, f"--jit-compile {setting}"
     if not measure:
-        return False, None, None, f"--jit-compile auto times runs of {MEASURE_MIN_STEPS:,} steps or more"
+        return False, None, None, f"--jit-compile auto times runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more"
     try:
-        xla_seconds = time_step(True)
+        xla_seconds, plain_seconds = time_both()
     except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
         return False, None, None, f"XLA failed here: {type(error).__name__}"
-    except TimingFailed as error:
+    except timing_process.TimingFailed as error:
         return False, None, None, f"XLA failed here: {error}"
-    plain_seconds = time_step(False)
     return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"
 
 
-def choose(config, time_step, record=None, resume=False):
+def choose(config, time_both, record=None, resume=False):
     """The run's `SpeedChoice`: the one in `record` when resuming, else decided now and saved there.
 
     Args:
         config: the run's `TrainConfig` (`jit_compile`, `mixed_precision`, `steps`).
-        time_step: `time_step(jit_compile, policy) -> seconds per step` (see `time_steps`).
+        time_both: `time_both(policy) -> (xla_seconds, plain_seconds)` per step (see `time_steps`).
         record: the run's `speed.json`, or `None` to keep no record.
         resume: reuse `record` if it exists.
     """
@@ -192,8 +175,9 @@ def choose(config, time_step, record=None, resume=False):
         return dataclasses.replace(SpeedChoice.load(record), intra_op_threads=threads)
     started = time.perf_counter()
     policy = distribute.mixed_precision_policy(config.mixed_precision)
+    measure = config.steps >= timing_process.MEASURE_MIN_STEPS
     jit_compile, xla_seconds, plain_seconds, reason = choose_jit_compile(
-        config.jit_compile, lambda jit_compile: time_step(jit_compile, policy), config.steps >= MEASURE_MIN_STEPS
+        config.jit_compile, lambda: time_both(policy), measure
     )
     choice = SpeedChoice(
         jit_compile,
@@ -210,96 +194,51 @@ def choose(config, time_step, record=None, resume=False):
     return choice
 
 
-def time_steps(gan, dataset, warmup_steps=None, timed_steps=None):
+def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, between_turns=None):
     """Trains `gan` for a few steps of `dataset`; returns the median seconds per step after the warm-up.
 
     With lazy R1 (`gan.r1_interval` > 1) one step in each `r1_interval` is
-    dearer, so the timed steps are whole periods of `r1_interval` steps (at
-    least `timed_steps`) and the median is over each period's mean.
+    dearer, so the timed steps come in whole periods of `r1_interval` steps
+    and the median is over each period's mean. The timed steps come in
+    `turns` turns of whole periods (at least `timed_steps` in all), and
+    `between_turns()`, if given, is called before the first turn and after
+    each (e.g. to let another process train meanwhile): its time is not counted.
 
     Args:
         gan: a compiled `ConditionalGAN`, used up (it trains).
         dataset: batches `(images, labels)`, enough for the steps (`data.make_dataset` repeats).
-        warmup_steps: untimed first steps; `None` is `WARMUP_STEPS`.
-        timed_steps: steps timed; `None` is `TIMED_STEPS`.
+        warmup_steps: untimed first steps; `None` is `timing_process.WARMUP_STEPS`.
+        timed_steps: steps timed; `None` is `timing_process.TIMED_STEPS`.
+        turns: how many turns the timed steps come in.
+        between_turns: called `turns + 1` times, or `None`.
     """
-    warmup_steps = WARMUP_STEPS if warmup_steps is None else warmup_steps
-    timed_steps = TIMED_STEPS if timed_steps is None else timed_steps
+    warmup_steps = timing_process.WARMUP_STEPS if warmup_steps is None else warmup_steps
+    timed_steps = timing_process.TIMED_STEPS if timed_steps is None else timed_steps
     period = gan.r1_interval if gan.r1_gamma else 1
-    timed_steps = math.ceil(timed_steps / period) * period
-    timer = StepTimer()
-    gan.fit(dataset, steps_per_epoch=warmup_steps + timed_steps, epochs=1, verbose=0, callbacks=[timer])
+    turn_steps = math.ceil(timed_steps / turns / period) * period
+
+    def pause(steps_done):
+        if between_turns is not None and steps_done >= warmup_steps and (steps_done - warmup_steps) % turn_steps == 0:
+            between_turns()
+
+    timer = StepTimer(pause)
+    gan.fit(dataset, steps_per_epoch=warmup_steps + turn_steps * turns, epochs=1, verbose=0, callbacks=[timer])
     timed = timer.step_seconds[warmup_steps:]
-    return statistics.median(statistics.mean(timed[start : start + period]) for start in range(0, timed_steps, period))
-
-
-def time_in_child_process(config, images, labels, jit_compile, policy, warmup_steps, timed_steps):
-    """`time_steps` of a model built from `config`, run by `python -m cgan_keras.timing_process` in a new process.
-
-    Training an XLA model on a CPU leaves its process slower afterwards (5-10%
-    per step of the non-XLA training that follows, measured on two CPUs; more
-    of TensorFlow's threads stay behind), so the run's own process must not
-    train one it does not keep. The child gets the run's threads per op and
-    strategy; a crash in it (XLA's compiler included) costs the run nothing.
-
-    Args:
-        config: the run's `TrainConfig` (`strategy` and `cpu_replicas` are rebuilt in the child).
-        images: float32 `(N, 28, 28, 1)` in [-1, 1], the batches to train on.
-        labels: int32 `(N,)` in 0..9.
-        jit_compile: whether the child's model compiles its step with XLA.
-        policy: the Keras dtype policy name.
-        warmup_steps: untimed first steps.
-        timed_steps: steps timed.
-
-    Returns:
-        The median seconds per timed step.
-
-    Raises:
-        TimingFailed: the child reported an error, exited without a result,
-            or ran past `CHILD_TIMEOUT_SECONDS` (`run_timing_process`).
-    """
-    with tempfile.TemporaryDirectory(prefix="cgan-timing-") as directory:
-        directory = Path(directory)
-        config.save(directory / "config.json")
-        np.savez(directory / "batches.npz", images=images, labels=labels)
-        request = {
-            "jit_compile": jit_compile,
-            "policy": policy,
-            "warmup_steps": warmup_steps,
-            "timed_steps": timed_steps,
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        }
-        (directory / "request.json").write_text(json.dumps(request))
-        # The child imports this copy of the package, wherever the parent was started from.
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-m", "cgan_keras.timing_process", str(directory)]
-        result = run_timing_process(command, directory / "result.json", env=env, timeout=CHILD_TIMEOUT_SECONDS)
-    if "error" in result:
-        raise TimingFailed(result["error"])
-    return result["seconds"]
-
-
-def run_timing_process(command, result_path, env=None, timeout=None):
-    """Runs `command`, a process that times something, and returns the JSON it wrote to `result_path`.
-
-    Raises:
-        TimingFailed: it ran past `timeout` seconds, or exited with an error
-            or without writing `result_path` (the message ends with the last
-            line of its stderr).
-    """
-    try:
-        child = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TimingFailed(f"the timing process ran past {timeout} s") from None
-    if child.returncode or not Path(result_path).exists():
-        last_line = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
-        raise TimingFailed(f"the timing process exited with code {child.returncode}: {last_line.strip()}")
-    return json.loads(Path(result_path).read_text())
+    return statistics.median(statistics.mean(timed[start : start + period]) for start in range(0, len(timed), period))
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Records `step_seconds`: the wall time of each step of a `fit` epoch, from the previous step's end."""
+    """Records `step_seconds`: the wall time of each step of a `fit` epoch, from the previous step's end.
+
+    Args:
+        pause: `pause(steps_done)`, called after each step is timed with the
+            epoch's steps so far (e.g. to wait for another process); the time
+            spent in it is not counted. `None`: none.
+    """
+
+    def __init__(self, pause=None):
+        super().__init__()
+        self._pause = pause
 
     # Batch ends are step boundaries: the TensorFlow trainer turns each step's logs into floats before them.
     def on_epoch_begin(self, epoch, logs=None):
@@ -307,6 +246,7 @@ class StepTimer(keras.callbacks.Callback):
         self._last = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        self.step_seconds.append(now - self._last)
-        self._last = now
+        self.step_seconds.append(time.perf_counter() - self._last)
+        if self._pause is not None:
+            self._pause(len(self.step_seconds))
+        self._last = time.perf_counter()

@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cgan_keras import artifacts, data, distribute, export, loop, models, plot, run_lock, speed
+from cgan_keras import artifacts, data, distribute, export, loop, models, plot, run_lock, speed, timing_process
 from cgan_keras.callbacks import (
     DivergenceGuard,
     EpochTensorBoard,
@@ -182,7 +182,9 @@ class Interrupted(Exception):
         self.saved_here = saved_here
 
 
-def run(config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1, log=None):
+def run(
+    config, images, labels, judge=None, strategy=None, resume=False, callbacks=(), verbose=1, log=None, xla_timing=None
+):
     """Trains a `ConditionalGAN` on `images`/`labels` and writes the run's artifacts.
 
     Call `prepare_directory` first. With `resume`, training continues from
@@ -199,7 +201,7 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     readable by all) and save to a temporary directory deleted at the end.
 
     First the run settles XLA and the precision policy (`speed.choose`;
-    with `--jit-compile auto` and at least `speed.MEASURE_MIN_STEPS` steps it
+    with `--jit-compile auto` and at least `timing_process.MEASURE_MIN_STEPS` steps it
     times both ways on throwaway models, on a CPU the XLA one in a child
     process) and records them in `config.out/speed.json`; a resumed run
     reuses that record.
@@ -219,6 +221,10 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
         log: a function given the run's one-line notices (the XLA and
             precision choice, the checkpoint resumed from), e.g. `print`;
             `None` says nothing.
+        xla_timing: a `timing_process.TimingProcess` started earlier for
+            `config` (`train.py` starts one before importing TensorFlow, so
+            that its start overlaps the run's); `run` has it time XLA if it
+            times XLA on a CPU, else starts one then, and closes it either way.
 
     Returns:
         `(gan, results)`: the trained model and the final evaluation (`None`
@@ -237,14 +243,18 @@ def run(config, images, labels, judge=None, strategy=None, resume=False, callbac
     multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = loop.is_chief(strategy)
     # Timed before the seed is set: the throwaway models' draws do not shift the run's.
-    choice = speed.choose(
-        # Timing runs `fit`, which fails with several workers, and each worker
-        # would time for itself: there `auto` means off, the same on every worker.
-        dataclasses.replace(config, jit_compile="off") if multiworker and config.jit_compile == "auto" else config,
-        functools.partial(_time_step, config, images, labels, strategy),
-        out / "speed.json" if chief else None,
-        resume,
-    )
+    try:
+        choice = speed.choose(
+            # Timing runs `fit`, which fails with several workers, and each worker
+            # would time for itself: there `auto` means off, the same on every worker.
+            dataclasses.replace(config, jit_compile="off") if multiworker and config.jit_compile == "auto" else config,
+            functools.partial(_time_both, config, images, labels, strategy, xla_timing),
+            out / "speed.json" if chief else None,
+            resume,
+        )
+    finally:
+        if xla_timing is not None:
+            xla_timing.close()
     log = log or (lambda line: None)
     log(choice.summary())
     keras.utils.set_random_seed(config.seed)
@@ -323,18 +333,30 @@ def _writable_directory(out, chief):
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _time_step(config, images, labels, strategy, jit_compile, policy):
-    """Seconds per step of a throwaway model built like the run's, on the run's first batches."""
-    steps = (speed.WARMUP_STEPS, speed.TIMED_STEPS)
-    digits = config.batch_size * sum(steps)
+def _time_both(config, images, labels, strategy, xla_timing, policy):
+    """Seconds per step with and without XLA, of throwaway models built like the run's, on its first batches.
+
+    On a CPU the XLA model trains in a child process (`xla_timing` if given),
+    taking turns with the plain one here: a CPU process that has trained an
+    XLA model stays slower. On a GPU, whose memory is this process's already,
+    both train here, one after the other.
+    """
+    digits = config.batch_size * (timing_process.WARMUP_STEPS + timing_process.TIMED_STEPS)
     images, labels = images[:digits], labels[:digits]
-    if jit_compile and not tf.config.list_physical_devices("GPU"):
-        # A CPU process that has trained an XLA model stays slower; a GPU's memory is this process's already.
-        return speed.time_in_child_process(config, images, labels, jit_compile, policy, *steps)
-    return time_model_steps(config, images, labels, strategy, jit_compile, policy, *steps)
+    if tf.config.list_physical_devices("GPU"):
+        xla_seconds = time_model_steps(config, images, labels, strategy, True, policy)
+        return xla_seconds, time_model_steps(config, images, labels, strategy, False, policy)
+    threads = tf.config.threading.get_intra_op_parallelism_threads()
+    child = xla_timing or timing_process.TimingProcess(config, policy, threads)
+    try:
+        turns = {"timed_steps": child.timed_steps, "turns": child.turns, "between_turns": child.pass_turn}
+        plain_seconds = time_model_steps(config, images, labels, strategy, False, policy, **turns)
+        return child.seconds(policy, threads), plain_seconds
+    finally:
+        child.close()
 
 
-def time_model_steps(config, images, labels, strategy, jit_compile, policy, warmup_steps, timed_steps):
+def time_model_steps(config, images, labels, strategy, jit_compile, policy, **timing):
     """Median seconds per step of a new model built from `config`, trained on `images`/`labels` (`speed.time_steps`).
 
     Args:
@@ -344,12 +366,11 @@ def time_model_steps(config, images, labels, strategy, jit_compile, policy, warm
         strategy: the `tf.distribute` strategy to build under, or `None`.
         jit_compile: whether the model compiles its step with XLA.
         policy: the Keras dtype policy name.
-        warmup_steps: untimed first steps.
-        timed_steps: steps timed.
+        **timing: `speed.time_steps`'s steps, turns and `between_turns`.
     """
     dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
     gan = build_gan(config, strategy, jit_compile=jit_compile, policy=policy)
-    return speed.time_steps(gan, dataset, warmup_steps, timed_steps)
+    return speed.time_steps(gan, dataset, **timing)
 
 
 def _epochs_to_run(done, steps, log_every):

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 from support import tiny_config, tiny_gan
 
-from cgan_keras import speed, training
+from cgan_keras import speed, timing_process, training
 from cgan_keras.config import TrainConfig
-from cgan_keras.data import load_data, make_dataset
+from cgan_keras.data import make_dataset
 
 TINY = tiny_config(steps=5000, log_every=100)
 
@@ -15,22 +15,22 @@ TINY = tiny_config(steps=5000, log_every=100)
 def fake_timer(xla_seconds, plain_seconds):
     calls = []
 
-    def time_step(jit_compile, policy="float32"):
-        calls.append(jit_compile)
-        return xla_seconds if jit_compile else plain_seconds
+    def time_both(policy="float32"):
+        calls.append(policy)
+        return xla_seconds, plain_seconds
 
-    return time_step, calls
+    return time_both, calls
 
 
-def never_timed(jit_compile, policy="float32"):
+def never_timed(policy="float32"):
     raise AssertionError("timed a setting that was forced or reused")
 
 
 @pytest.mark.parametrize("xla_seconds, plain_seconds, expected", [(0.154, 0.196, True), (0.094, 0.070, False)])
 def test_auto_keeps_the_faster_step(xla_seconds, plain_seconds, expected):
-    time_step, calls = fake_timer(xla_seconds, plain_seconds)
-    assert speed.choose_jit_compile("auto", time_step) == (expected, xla_seconds, plain_seconds, "measured")
-    assert sorted(calls) == [False, True]
+    time_both, calls = fake_timer(xla_seconds, plain_seconds)
+    assert speed.choose_jit_compile("auto", time_both) == (expected, xla_seconds, plain_seconds, "measured")
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("setting, expected", [("on", True), ("off", False)])
@@ -43,37 +43,50 @@ def test_a_forced_setting_is_obeyed_without_timing(setting, expected):
 def test_auto_does_not_time_a_short_run_and_means_off():
     choice = speed.choose(dataclasses.replace(TINY, steps=200), never_timed)
     assert not choice.jit_compile and choice.xla_seconds is None
-    assert f"runs of {speed.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
+    assert f"runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
 
 
 def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
-    def time_step(jit_compile):
-        if jit_compile:
-            raise tf.errors.UnimplementedError(None, None, "no XLA kernel")
-        return 0.1
+    def time_both():
+        raise tf.errors.UnimplementedError(None, None, "no XLA kernel")
 
-    assert speed.choose_jit_compile("auto", time_step) == (False, None, None, "XLA failed here: UnimplementedError")
+    assert speed.choose_jit_compile("auto", time_both) == (False, None, None, "XLA failed here: UnimplementedError")
 
 
 def test_a_timing_process_that_fails_says_why_and_the_run_trains_without_xla():
-    config = tiny_config()
-    images, labels = load_data("builtin")
+    # The child builds its model with a policy Keras does not know.
+    child = timing_process.TimingProcess(tiny_config(), "no_such_policy", 0, warmup_steps=1, timed_steps=2)
+    with pytest.raises(timing_process.TimingFailed, match="exited with code 1: ValueError: .*no_such_policy") as failed:
+        child.pass_turn()  # the first turn: it never got ready
+    child.close()
 
-    def time_step(jit_compile):  # the child builds its model with a policy Keras does not know
-        args = (config, images[:48], labels[:48], jit_compile, "no_such_policy", 1, 2)
-        return speed.time_in_child_process(*args) if jit_compile else 0.1
+    def time_both():
+        raise failed.value
 
-    with pytest.raises(speed.TimingFailed, match="exited with code 1: ValueError: .*no_such_policy"):
-        time_step(True)
-    jit_compile, xla_seconds, _, reason = speed.choose_jit_compile("auto", time_step)
+    jit_compile, xla_seconds, _, reason = speed.choose_jit_compile("auto", time_both)
     assert (jit_compile, xla_seconds) == (False, None)
     assert reason.startswith("XLA failed here: the timing process exited with code 1: ValueError")
 
 
+@pytest.mark.parametrize(
+    "overrides, resume, expected",
+    [
+        ({}, False, True),
+        ({"steps": timing_process.MEASURE_MIN_STEPS - 1}, False, False),  # not timed: too short
+        ({"jit_compile": "off"}, False, False),
+        ({"strategy": "multiworker"}, False, False),  # there `auto` means off
+        ({}, True, False),  # the recorded choice is reused
+    ],
+)
+def test_train_py_starts_the_xla_timing_early_only_for_runs_that_time(overrides, resume, expected):
+    config = dataclasses.replace(TINY, **overrides)
+    assert timing_process.wanted(config, resume) is expected
+
+
 def test_the_choice_and_its_figures_are_recorded_and_reused_on_resume(tmp_path):
     record = tmp_path / "speed.json"
-    time_step, _ = fake_timer(0.154, 0.196)
-    choice = speed.choose(TINY, time_step, record)
+    time_both, _ = fake_timer(0.154, 0.196)
+    choice = speed.choose(TINY, time_both, record)
     assert choice.summary().startswith("XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32")
     saved = json.loads(record.read_text())
     assert saved["jit_compile"] is True and saved["xla_seconds"] == 0.154 and saved["policy"] == "float32"
@@ -138,11 +151,17 @@ def test_threads_cannot_change_once_tensorflow_runs_and_the_choice_reports_those
         TrainConfig(intra_op_threads=-1)
 
 
-def test_timed_steps_are_whole_periods_of_lazy_r1(digits):
+def test_timed_steps_are_whole_periods_of_lazy_r1_in_turns(digits):
     lazy = tiny_gan(r1_every=1, r1_interval=3)
     dataset = make_dataset(*digits, batch_size=16, seed=0)
-    assert speed.time_steps(lazy, dataset, warmup_steps=1, timed_steps=4) > 0
-    assert int(lazy.optimizer.iterations) == 1 + 6  # 4 timed steps, rounded up to two periods of 3
+    turns_began = []
+
+    def between_turns():
+        turns_began.append(int(lazy.optimizer.iterations))
+
+    assert speed.time_steps(lazy, dataset, warmup_steps=1, timed_steps=4, turns=2, between_turns=between_turns) > 0
+    # 4 timed steps in 2 turns: each rounded up to a period of 3; called before each turn and after the last.
+    assert int(lazy.optimizer.iterations) == 1 + 6 and turns_began == [1, 4, 7]
     every_step = tiny_gan()
     speed.time_steps(every_step, dataset, warmup_steps=1, timed_steps=4)
     assert int(every_step.optimizer.iterations) == 1 + 4

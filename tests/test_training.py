@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support import tiny_config
 
-from cgan_keras import speed, training
+from cgan_keras import timing_process, training
 from cgan_keras.artifacts import ArtifactWriteError
 from cgan_keras.callbacks import CheckpointError, RunCheckpoint, TrainingDiverged
 from cgan_keras.config import TrainConfig
@@ -214,15 +214,20 @@ def test_the_same_seed_trains_bit_identical_generators(tmp_path, digits):
 
 def test_timing_xla_in_a_child_process_leaves_the_run_exactly_as_without_timing(tmp_path, digits, monkeypatch):
     for name, value in (("MEASURE_MIN_STEPS", 1), ("WARMUP_STEPS", 1), ("TIMED_STEPS", 2)):
-        monkeypatch.setattr(speed, name, value)
+        monkeypatch.setattr(timing_process, name, value)
     timed_here = []
     time_model_steps = training.time_model_steps
-    monkeypatch.setattr(
-        training, "time_model_steps", lambda *args: timed_here.append(args[4]) or time_model_steps(*args)
-    )
+
+    def time_here(*args, **timing):
+        timed_here.append(args[4])  # jit_compile
+        return time_model_steps(*args, **timing)
+
+    monkeypatch.setattr(training, "time_model_steps", time_here)
     auto = eight_steps(out=str(tmp_path / "auto"))
     training.prepare_directory(auto)
-    timed, _ = training.run(auto, *digits, verbose=0)
+    # Started before the run, as train.py does: the child picks the policy and threads as train.py would.
+    early = timing_process.TimingProcess(auto, warmup_steps=1, timed_steps=2, turns=2)
+    timed, _ = training.run(auto, *digits, verbose=0, xla_timing=early)
     choice = json.loads((tmp_path / "auto" / "speed.json").read_text())
     assert choice["reason"] == "measured" and choice["xla_seconds"] > 0 and choice["plain_seconds"] > 0
     assert timed_here == [False]  # the XLA model trained in a child process
@@ -230,7 +235,9 @@ def test_timing_xla_in_a_child_process_leaves_the_run_exactly_as_without_timing(
 
     forced = eight_steps(out=str(tmp_path / "forced"), jit_compile="on" if choice["jit_compile"] else "off")
     training.prepare_directory(forced)
-    untimed, _ = training.run(forced, *digits, verbose=0)
+    unused = timing_process.TimingProcess(forced)
+    untimed, _ = training.run(forced, *digits, verbose=0, xla_timing=unused)
+    assert unused._process.returncode is not None and not unused._directory.exists()  # closed, not left running
     for first, second in zip(timed.generator.weights, untimed.generator.weights, strict=True):
         np.testing.assert_array_equal(first.numpy(), second.numpy())
 
