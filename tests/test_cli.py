@@ -254,35 +254,22 @@ def test_train_refuses_to_overwrite_a_previous_run(trained_run):
     assert "pass --resume to continue that run or --overwrite to replace it" in result.stderr.splitlines()[-1]
 
 
-def test_ctrl_c_saves_the_checkpoint_and_generator_and_exits_130(trained_run):
-    work, _ = trained_run
-    long_run = [*TINY_TRAIN, "--steps", "100000", "--out", "interrupted"]
-    process = start("train.py", *long_run, cwd=work)
-    wait_for(work / "interrupted" / "samples" / "step_000002.png", process)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "stopped by SIGINT" in stdout and "Traceback" not in stderr
-    assert (work / "interrupted" / "generator" / "saved_model.pb").exists()
-    assert list((work / "interrupted" / "checkpoints").glob("step_*.keras"))
-
-
 def test_a_run_killed_with_sigkill_resumes_to_complete_artifacts(trained_run):
     work, _ = trained_run
-    args = [*TINY_TRAIN, "--steps", "600", "--log-every", "20", "--sample-every", "100", "--out", "killed"]
-    process = start("train.py", *args, cwd=work)
-    wait_for(work / "killed" / "checkpoints" / "step_000020.keras", process)
+    args = [*TINY_TRAIN, "--steps", "40", "--log-every", "20", "--sample-every", "20", "--out", "killed"]
+    process = stopped_at("step_000020.keras:renamed", args, work)  # its first checkpoint is in place
     second = run("train.py", *args, "--resume", cwd=work)
     assert second.returncode == 2 and f"is in use by another run (pid {process.pid})" in second.stderr.splitlines()[-1]
     process.kill()
-    process.communicate()
+    process.wait()
     assert not (work / "killed" / "generator").exists()
 
     result = run("train.py", *args, "--resume", cwd=work)
     assert result.returncode == 0, result.stderr
+    assert "resuming from killed/checkpoints/step_000020.keras (step 20)" in result.stdout
     history = (work / "killed" / "history.csv").read_text().splitlines()
-    assert history[-1].split(",")[1] == "600"  # the step column reaches the configured steps
-    assert (work / "killed" / "samples" / "step_000600.png").exists()
+    assert [row.split(",")[1] for row in history[1:]] == ["20", "40"]  # the step column, each step once
+    assert (work / "killed" / "samples" / "step_000040.png").exists()
     report = json.loads((work / "killed" / "eval.json").read_text())
     assert 0 <= report["label_accuracy"] <= 1
 
@@ -297,11 +284,13 @@ def test_train_on_two_mirrored_cpu_replicas(trained_run):
     assert (work / "mirrored" / "generator" / "saved_model.pb").exists()
 
 
-def start_workers(*args, cwd, count=2):
+def start_workers(*args, cwd, count=2, stopping=None):
     """Starts `count` train.py workers of one cluster on free loopback ports.
 
     Each worker has its own TMPDIR under `cwd`, and writes its output to files
-    there: a full pipe would block it, and with it every other worker.
+    there: a full pipe would block it, and with it every other worker. With
+    `stopping=(index, moment)`, that worker stops itself at `moment` of a
+    write (`CGAN_KERAS_STOP_AT`).
     """
     probes = [socket.socket() for _ in range(count)]
     for probe in probes:  # all bound at once, so the ports differ
@@ -314,6 +303,9 @@ def start_workers(*args, cwd, count=2):
         temporary = cwd / f"tmp_worker{index}"
         temporary.mkdir(exist_ok=True)
         task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(task), "TMPDIR": str(temporary)}
+        if stopping and stopping[0] == index:
+            env["CGAN_KERAS_STOP_AT"] = stopping[1]
         with open(temporary / "stdout", "w") as stdout, open(temporary / "stderr", "w") as stderr:
             worker = subprocess.Popen(
                 [sys.executable, str(ROOT / "train.py"), *args, "--strategy", "multiworker"],
@@ -321,7 +313,7 @@ def start_workers(*args, cwd, count=2):
                 stderr=stderr,
                 text=True,
                 cwd=cwd,
-                env={**os.environ, "TF_CONFIG": json.dumps(task), "TMPDIR": str(temporary)},
+                env=env,
             )
         worker.temporary = temporary
         workers.append(worker)
@@ -381,8 +373,11 @@ def test_two_workers_train_like_one_process(trained_run):
 
 def test_a_killed_worker_stops_its_peer_and_both_resume(trained_run):
     work, _ = trained_run
-    args = [*TINY_TRAIN, "--steps", "400", "--log-every", "20", "--sample-every", "100", "--out", "killed_workers"]
-    chief, other = start_workers(*args, cwd=work)
+    args = [*TINY_TRAIN, "--steps", "40", "--log-every", "20", "--sample-every", "20", "--out", "killed_workers"]
+    # The other worker stops itself once it has saved step 20 (in its TMPDIR), then is killed there.
+    chief, other = start_workers(*args, cwd=work, stopping=(1, "step_000020.keras:renamed"))
+    _, status = os.waitpid(other.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), (other.temporary / "stderr").read_text()
     wait_for(work / "killed_workers" / "checkpoints" / "step_000020.keras", chief, timeout=300)
     other.kill()
     (_, _, stderr), _ = finish([chief, other], timeout=120)
@@ -390,11 +385,12 @@ def test_a_killed_worker_stops_its_peer_and_both_resume(trained_run):
     assert "lost contact with another worker" in stderr.splitlines()[-1] and "Traceback" not in stderr
     assert not (work / "killed_workers" / "generator").exists()
 
-    for worker, _, stderr in finish(start_workers(*args, "--resume", cwd=work)):
+    for worker, stdout, stderr in finish(start_workers(*args, "--resume", cwd=work)):
         assert worker.returncode == 0, stderr
+        assert "resuming from killed_workers/checkpoints/step_000020.keras (step 20)" in stdout
     steps = [line.split(",")[1] for line in (work / "killed_workers" / "history.csv").read_text().splitlines()[1:]]
-    assert steps == [str(step) for step in range(20, 401, 20)]
-    assert (work / "killed_workers" / "samples" / "step_000400.png").exists()
+    assert steps == ["20", "40"]
+    assert (work / "killed_workers" / "samples" / "step_000040.png").exists()
 
 
 def test_infer_streams_a_large_count_and_shows_the_first_hundred(trained_run):
@@ -534,7 +530,7 @@ def stopped_at(moment, args, cwd):
     return process
 
 
-def test_sigkill_during_the_export_leaves_the_old_or_the_new_generator_and_resume_completes(trained_run):
+def test_ctrl_c_saves_and_exits_130_and_a_sigkill_during_the_export_leaves_the_old_or_the_new_generator(trained_run):
     work, _ = trained_run
     args = [*TINY_TRAIN, "--steps", "20", "--out", "exported"]
     out = work / "exported"
@@ -544,11 +540,14 @@ def test_sigkill_during_the_export_leaves_the_old_or_the_new_generator_and_resum
         serve = export.load_generator(out / "generator").serve  # raises unless it is a complete SavedModel
         return serve(digit=tf.range(10), noise=tf.constant(noise))["images"].numpy()
 
-    # A previous complete export: Ctrl-C after step 2's grid exports the generator of step 3.
+    # A previous complete export: Ctrl-C during step 2's grid stops the run there; it saves and exports step 2.
     process = stopped_at("step_000002.png:renamed", args, work)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGCONT)
-    assert process.wait(timeout=120) == 130, (work / "stopped.log").read_text()
+    returncode = process.wait(timeout=120)
+    output = (work / "stopped.log").read_text()
+    assert returncode == 130 and "stopped by SIGINT" in output and "Traceback" not in output, output
+    assert (out / "checkpoints" / "step_000002.keras").exists()
     old = generator_images()
 
     seen = {}
