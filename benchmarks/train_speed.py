@@ -37,9 +37,11 @@ that row), so no row inherits another's state: a process that has trained an XLA
 stays 5-10% slower afterwards. Peak memory is that process's `ru_maxrss`.
 `--rounds N` runs every row N times, interleaved (all variants, then all again), and
 shows the round with the median s/step, the others in its note: the way to compare rows
-on a shared machine whose speed drifts. `--json PATH` also writes the rows as a JSON
-list of objects (`variant`, `batch`, `s_per_step`, `median_s_per_step`, `mfu`,
-`peak_gflops`, `vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
+on a shared machine whose speed drifts. Each round starts by measuring the float32 matmul
+peak, and a row's MFU is over its own round's peak, which drifts with the machine too.
+`--json PATH` also writes the rows as a JSON list of objects (`variant`, `batch`,
+`s_per_step`, `median_s_per_step`, `mfu`, `peak_gflops` of the row's median round,
+`vs_fastest_in_round`, ...; `null` figures for a skipped variant). "vs round's fastest"
 is each row's s/step over the fastest row's of the same round (median over rounds):
 rows of one round ran minutes apart, so the paired ratio drifts less than the medians.
 Every row runs with the threads per op that `python train.py` would use here
@@ -290,7 +292,10 @@ def time_row_here(args):
 
 
 def median_round(rounds):
-    """The round (a `run_variant` result and the max RSS after it) with the median s/step (lower middle if even)."""
+    """The round (a `run_variant` result, the max RSS after it, the round's peak) with the median s/step.
+
+    The lower middle if the rounds are even.
+    """
     seconds = statistics.median_low(result[0] for result in rounds)
     return next(result for result in rounds if result[0] == seconds)
 
@@ -321,8 +326,6 @@ def main(argv=None):
     print("\n".join(common.environment_lines()))
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     print(f"threads per op: {threads or 'TensorFlow default'} ({'forced' if args.intra_op_threads else 'auto'})")
-    peak = common.matmul_peak_flops()
-    print(f"float32 matmul peak (fastest of 20 2048x2048 matmuls): {peak / 1e9:.1f} GFLOP/s")
     for preset in sorted({VARIANTS[name].get("preset", "default") for name in args.variants}):
         config = TrainConfig.from_preset(preset)
         parts = step_flops(build_gan(config), config.batch_size)
@@ -331,8 +334,10 @@ def main(argv=None):
     headers = ["batch", "variant", "s/step", "median step", "steps x fits", "digits/s", "GFLOP/step", "GFLOP/s", "MFU"]
     headers += ["speedup vs default", "vs round's fastest", "warm-up s", "fit overhead s", "max RSS MiB", "note"]
     # Rounds interleave the variants, so that a slow spell of a shared machine hits all of them alike.
-    results, skipped = {}, {}
+    # Each round measures the peak again: a row's MFU is over the peak of its own round.
+    results, skipped, peaks = {}, {}, []
     for _ in range(args.rounds):
+        peaks.append(common.matmul_peak_flops())
         for batch_size in args.batch_sizes:
             for name in args.variants:
                 if (batch_size, name) in skipped:
@@ -342,7 +347,7 @@ def main(argv=None):
                 except Exception as error:  # a variant that cannot run is reported, not fatal
                     skipped[batch_size, name] = f"skipped: {common.one_line(error)}"
                     continue
-                results.setdefault((batch_size, name), []).append(result)
+                results.setdefault((batch_size, name), []).append((*result, peaks[-1]))
                 print(f"  done: batch {batch_size} {name} {result[0]:.4f} s/step", file=sys.stderr, flush=True)
     rows, records = [], []
     for batch_size in args.batch_sizes:
@@ -350,14 +355,14 @@ def main(argv=None):
         paired = ratios_to_fastest(results, batch_size, args.variants)
         for name in args.variants:
             record = {"variant": name, "batch": batch_size, "s_per_step": None, "median_s_per_step": None, "mfu": None}
-            record["peak_gflops"] = round(peak / 1e9, 1)
+            record["peak_gflops"] = None
             records.append(record)
             if (batch_size, name) in skipped:
                 rows.append([str(batch_size), name] + ["-"] * 12 + [skipped[batch_size, name]])
                 record["note"] = skipped[batch_size, name]
                 continue
             rounds = results[batch_size, name]
-            seconds, median, steps, warmup_seconds, overhead, flops, note, max_rss = median_round(rounds)
+            seconds, median, steps, warmup_seconds, overhead, flops, note, max_rss, peak = median_round(rounds)
             ratios = paired.get(name, [])
             if len(rounds) > 1:
                 note = "; ".join(filter(None, [note, "rounds: " + " ".join(f"{r[0]:.4f}" for r in rounds)]))
@@ -367,6 +372,7 @@ def main(argv=None):
                 s_per_step=round(seconds, 5),
                 median_s_per_step=round(median, 5),
                 mfu=round(flops / seconds / peak, 4),
+                peak_gflops=round(peak / 1e9, 1),
                 vs_fastest_in_round=round(statistics.median(ratios), 4) if ratios else None,
                 gflop_per_step=round(flops / 1e9, 3),
                 warmup_seconds=round(warmup_seconds, 1),
@@ -394,14 +400,15 @@ def main(argv=None):
     if args.json:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(records, indent=2) + "\n")
-    print()
+    listed = ", ".join(f"{peak / 1e9:.1f}" for peak in peaks)
+    print(f"\nfloat32 matmul peak (fastest of 20 2048x2048 matmuls) at the start of each round: {listed} GFLOP/s\n")
     common.print_table(headers, rows)
     print("\ns/step: mean over the timed steps of all fits (end of one step to end of the next);")
     print("median step: their median, which leaves out the work done every 100 or 500 steps and short slow spells;")
     print(
         "fit overhead: the rest of a fit call (setup, iterator, callbacks). digits/s: real digits, plus as many fakes."
     )
-    print("MFU: model FLOPs/s over the float32 matmul peak, for bf16 too.")
+    print("MFU: model FLOPs/s over the float32 matmul peak of the same round, for bf16 too.")
     print("vs round's fastest: the median over rounds of s/step over the fastest row's s/step in the same round.")
     print("train.py: mean s/step over --run-steps after the warm-up, epoch-end work included; warm-up s includes")
     print("the --jit-compile auto timing.")
