@@ -20,6 +20,7 @@ the last good checkpoint.
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import functools
 import json
@@ -102,8 +103,9 @@ def main(argv=None):
     xla_timing = None
     if timing_process.wanted(config, resume):
         # Started first, so that its TensorFlow import and XLA compilation overlap this process's start.
-        xla_timing = timing_process.TimingProcess(config)
-        atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
+        with contextlib.suppress(timing_process.TimingFailed):  # then the run tries again, and says why it fails
+            xla_timing = timing_process.TimingProcess(config)
+            atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
     from cgan_keras import data, distribute, loop, speed, training

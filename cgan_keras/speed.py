@@ -199,27 +199,35 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, betwe
 
     With lazy R1 (`gan.r1_interval` > 1) one step in each `r1_interval` is
     dearer, so the timed steps come in whole periods of `r1_interval` steps
-    and the median is over each period's mean. The timed steps come in
-    `turns` turns of whole periods (at least `timed_steps` in all), and
-    `between_turns()`, if given, is called before the first turn and after
-    each (e.g. to let another process train meanwhile): its time is not counted.
+    and the median is over each period's mean. The timed steps come in up
+    to `turns` turns of whole periods (at least `timed_steps` in all; fewer
+    turns where `timed_steps` holds fewer periods), and
+    `between_turns(turns_left)`, if given, is called before the first turn
+    and after each, down to `turns_left=0` after the last (e.g. to let another
+    process train meanwhile): its time is not counted.
 
     Args:
         gan: a compiled `ConditionalGAN`, used up (it trains).
         dataset: batches `(images, labels)`, enough for the steps (`data.make_dataset` repeats).
-        warmup_steps: untimed first steps; `None` is `timing_process.WARMUP_STEPS`.
+        warmup_steps: untimed first steps, at least 1 with `between_turns`;
+            `None` is `timing_process.WARMUP_STEPS`.
         timed_steps: steps timed; `None` is `timing_process.TIMED_STEPS`.
-        turns: how many turns the timed steps come in.
-        between_turns: called `turns + 1` times, or `None`.
+        turns: how many turns the timed steps come in, at most.
+        between_turns: a function of the turns left, or `None`.
     """
     warmup_steps = timing_process.WARMUP_STEPS if warmup_steps is None else warmup_steps
     timed_steps = timing_process.TIMED_STEPS if timed_steps is None else timed_steps
+    if between_turns is not None and warmup_steps < 1:
+        raise ValueError(f"Taking turns needs a warm-up step to wait after. Received: warmup_steps={warmup_steps}")
     period = gan.r1_interval if gan.r1_gamma else 1
+    # Both sides of a turn-taking timing derive the same turns from the same config.
+    turns = min(turns, math.ceil(timed_steps / period))
     turn_steps = math.ceil(timed_steps / turns / period) * period
 
     def pause(steps_done):
-        if between_turns is not None and steps_done >= warmup_steps and (steps_done - warmup_steps) % turn_steps == 0:
-            between_turns()
+        turns_done, within_turn = divmod(steps_done - warmup_steps, turn_steps)
+        if between_turns is not None and steps_done >= warmup_steps and not within_turn:
+            between_turns(turns - turns_done)
 
     timer = StepTimer(pause)
     gan.fit(dataset, steps_per_epoch=warmup_steps + turn_steps * turns, epochs=1, verbose=0, callbacks=[timer])
@@ -233,7 +241,8 @@ class StepTimer(keras.callbacks.Callback):
     Args:
         pause: `pause(steps_done)`, called after each step is timed with the
             epoch's steps so far (e.g. to wait for another process); the time
-            spent in it is not counted. `None`: none.
+            spent in it is not counted: the next step's time starts when it
+            returns. `None`: none.
     """
 
     def __init__(self, pause=None):

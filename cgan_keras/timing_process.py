@@ -17,7 +17,7 @@ machine's drifting speed hits both alike.
 `train.py` would choose). The child trains on random digits of the run's
 shapes (a step's time does not depend on the pixels). It writes one JSON
 object a line to its stdout: `{"policy": ..., "intra_op_threads": ...}` when
-ready, `{"turns_over": n}` after each turn but the last, `{"seconds": median
+ready, `{"turns_left": n}` after each turn but the last, `{"seconds": median
 seconds per timed step}` at the end, or `{"error": "UnimplementedError"}`
 where TensorFlow cannot run the step (e.g. an op XLA cannot compile here). It
 starts each turn on a line `go` on its stdin, and exits at the end of its stdin.
@@ -26,7 +26,6 @@ Importing this module does not import TensorFlow.
 """
 
 import contextlib
-import itertools
 import json
 import os
 import select
@@ -85,7 +84,10 @@ class TimingProcess:
         warmup_steps: untimed first steps (the first compiles).
         timed_steps: steps timed, in `turns` turns of whole lazy-R1 periods
             (`speed.time_steps`); the run's own timing must take as many.
-        turns: how many turns the timed steps come in.
+        turns: how many turns the timed steps come in, at most (`speed.time_steps`).
+
+    Raises:
+        TimingFailed: the child process cannot be started (e.g. no space for its directory).
     """
 
     def __init__(
@@ -100,8 +102,6 @@ class TimingProcess:
         self.timed_steps, self.turns = timed_steps, turns
         self._ready = None  # the child's first message: its policy and threads
         self._seconds = None
-        self._directory = Path(tempfile.mkdtemp(prefix="cgan-timing-"))
-        config.save(self._directory / "config.json")
         request = {
             "policy": policy,
             "intra_op_threads": intra_op_threads,
@@ -109,29 +109,39 @@ class TimingProcess:
             "timed_steps": timed_steps,
             "turns": turns,
         }
-        (self._directory / "request.json").write_text(json.dumps(request))
-        # The child imports this copy of the package, wherever the parent was started from. It sees no GPU:
-        # a GPU's memory is the run's, which times XLA in its own process there.
+        # The child imports this copy of the package, wherever the parent was started from. It sees no GPU
+        # (a GPU's memory is the run's, which times XLA in its own process there), and TensorFlow's C++ logs
+        # stay out of its stderr, whose last line is the reason given when it fails.
         package_root = str(Path(__file__).resolve().parents[1])
         python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": python_path, "CUDA_VISIBLE_DEVICES": ""}
-        # A file, not a pipe: nobody reads the child's stderr until it ends, and a full pipe would block it.
-        with open(self._directory / "stderr", "w") as stderr:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "cgan_keras.timing_process", str(self._directory)],
-                bufsize=0,  # every message goes through at once
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-            )
+        env = {"TF_CPP_MIN_LOG_LEVEL": "3", **os.environ, "PYTHONPATH": python_path, "CUDA_VISIBLE_DEVICES": ""}
+        directory = None
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="cgan-timing-"))
+            config.save(directory / "config.json")
+            (directory / "request.json").write_text(json.dumps(request))
+            # A file, not a pipe: nobody reads the child's stderr until it ends, and a full pipe would block it.
+            with open(directory / "stderr", "w") as stderr:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "cgan_keras.timing_process", str(directory)],
+                    bufsize=0,  # every message goes through at once
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=env,
+                )
+        except OSError as error:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise TimingFailed(f"cannot start the timing process: {error}") from error
+        self._directory = directory
 
     def pass_turn(self):
         """Lets the child train its next turn of timed steps, and waits until it has.
 
         The first call waits until the child is ready (its step compiled) and
         lets it train nothing. The run's own timing calls this before its
-        first turn and after each (`speed.time_steps`), `turns + 1` times.
+        first turn and after each (`speed.time_steps`' `between_turns`).
 
         Raises:
             TimingFailed: the child reported an error, ended, or did not
@@ -181,27 +191,30 @@ class TimingProcess:
         if not answered:
             raise TimingFailed(f"the timing process did not answer within {TIMEOUT_SECONDS} s")
         line = self._process.stdout.readline()
-        if not line:
-            self._process.wait()
+        if not line:  # it has ended, or is ending: its stderr says why
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a stuck exit is reported, not waited for
+                self._process.wait(timeout=10)
             lines = (self._directory / "stderr").read_text(errors="replace").splitlines()
             last_line = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
             raise TimingFailed(f"the timing process exited with code {self._process.returncode}: {last_line}")
-        message = json.loads(line)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise TimingFailed(f"the timing process wrote {line[:80]!r}, not a message") from None
         if "error" in message:
             raise TimingFailed(message["error"])
         return message
 
 
 def main(directory):
+    # Messages to the parent go to the real stdout; anything else written there (a library's print) to stderr.
+    messages = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     # Imported here: the parent imports this module before TensorFlow, to start this child early.
     import tensorflow as tf
 
     from cgan_keras import data, distribute, speed, training
     from cgan_keras.models import IMAGE_SHAPE, NUM_CLASSES
-
-    # Messages to the parent go to the real stdout; anything else written there (a library's print) to stderr.
-    messages = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
 
     def send(**message):
         messages.write(json.dumps(message) + "\n")
@@ -215,16 +228,17 @@ def main(directory):
     speed.set_intra_op_threads(speed.intra_op_threads(config.intra_op_threads, policy) if threads is None else threads)
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
-    turns_over = itertools.count()
+    ready = False
 
-    def between_turns():
-        over = next(turns_over)
-        if over == request["turns"]:  # the last is over: the result follows
+    def between_turns(turns_left):
+        nonlocal ready
+        if not turns_left:  # the last turn is over: the result follows
             return
-        if over == 0:
-            send(policy=policy, intra_op_threads=threads)
+        if ready:
+            send(turns_left=turns_left)
         else:
-            send(turns_over=over)
+            send(policy=policy, intra_op_threads=threads)
+            ready = True
         if sys.stdin.readline() != "go\n":  # the run needs no timing after all, or has ended
             sys.exit(0)
 

@@ -344,12 +344,14 @@ def _time_both(config, images, labels, strategy, xla_timing, policy):
     digits = config.batch_size * (timing_process.WARMUP_STEPS + timing_process.TIMED_STEPS)
     images, labels = images[:digits], labels[:digits]
     if tf.config.list_physical_devices("GPU"):
+        if xla_timing is not None:  # started before the GPU was seen: its CPU work would slow these timings
+            xla_timing.close()
         xla_seconds = time_model_steps(config, images, labels, strategy, True, policy)
         return xla_seconds, time_model_steps(config, images, labels, strategy, False, policy)
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     child = xla_timing or timing_process.TimingProcess(config, policy, threads)
     try:
-        turns = {"timed_steps": child.timed_steps, "turns": child.turns, "between_turns": child.pass_turn}
+        turns = {"timed_steps": child.timed_steps, "turns": child.turns, "between_turns": lambda _: child.pass_turn()}
         plain_seconds = time_model_steps(config, images, labels, strategy, False, policy, **turns)
         return child.seconds(policy, threads), plain_seconds
     finally:

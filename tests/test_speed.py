@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import tempfile
 
 import pytest
 import tensorflow as tf
@@ -66,6 +67,12 @@ def test_a_timing_process_that_fails_says_why_and_the_run_trains_without_xla():
     jit_compile, xla_seconds, _, reason = speed.choose_jit_compile("auto", time_both)
     assert (jit_compile, xla_seconds) == (False, None)
     assert reason.startswith("XLA failed here: the timing process exited with code 1: ValueError")
+
+
+def test_a_timing_process_that_cannot_start_fails_as_one_that_crashed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # no directory for its files
+    with pytest.raises(timing_process.TimingFailed, match="cannot start the timing process: .*No such file"):
+        timing_process.TimingProcess(tiny_config())
 
 
 @pytest.mark.parametrize(
@@ -152,16 +159,19 @@ def test_threads_cannot_change_once_tensorflow_runs_and_the_choice_reports_those
 
 
 def test_timed_steps_are_whole_periods_of_lazy_r1_in_turns(digits):
-    lazy = tiny_gan(r1_every=1, r1_interval=3)
     dataset = make_dataset(*digits, batch_size=16, seed=0)
-    turns_began = []
 
-    def between_turns():
-        turns_began.append(int(lazy.optimizer.iterations))
+    def timed(gan, **timing):
+        turns_left = []
+        speed.time_steps(gan, dataset, warmup_steps=1, between_turns=turns_left.append, **timing)
+        return int(gan.optimizer.iterations), turns_left
 
-    assert speed.time_steps(lazy, dataset, warmup_steps=1, timed_steps=4, turns=2, between_turns=between_turns) > 0
-    # 4 timed steps in 2 turns: each rounded up to a period of 3; called before each turn and after the last.
-    assert int(lazy.optimizer.iterations) == 1 + 6 and turns_began == [1, 4, 7]
+    # 4 timed steps in 2 turns, each rounded up to a period of 3; called before each turn and after the last.
+    assert timed(tiny_gan(r1_every=1, r1_interval=3), timed_steps=4, turns=2) == (1 + 6, [2, 1, 0])
+    # 10 steps hold 3 periods of 4: 3 turns of one period, not 5 of one each.
+    assert timed(tiny_gan(r1_every=1, r1_interval=4), timed_steps=10, turns=5) == (1 + 12, [3, 2, 1, 0])
     every_step = tiny_gan()
-    speed.time_steps(every_step, dataset, warmup_steps=1, timed_steps=4)
+    assert speed.time_steps(every_step, dataset, warmup_steps=1, timed_steps=4) > 0
     assert int(every_step.optimizer.iterations) == 1 + 4
+    with pytest.raises(ValueError, match="needs a warm-up step"):
+        speed.time_steps(every_step, dataset, warmup_steps=0, between_turns=print)
