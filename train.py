@@ -20,7 +20,6 @@ the last good checkpoint.
 
 import argparse
 import atexit
-import contextlib
 import dataclasses
 import functools
 import json
@@ -100,12 +99,10 @@ def main(argv=None):
         fail(str(error))
     except OSError as error:
         fail(f"cannot write --out {config.out}: {error.strerror}")
-    xla_timing = None
-    if timing_process.wanted(config, resume):
-        # Started first, so that its TensorFlow import and XLA compilation overlap this process's start.
-        with contextlib.suppress(timing_process.TimingFailed):  # then the run tries again, and says why it fails
-            xla_timing = timing_process.TimingProcess(config)
-            atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
+    # Started first, so that its TensorFlow import and XLA compilation overlap this process's start.
+    xla_timing = timing_process.start_early(config, resume)
+    if xla_timing is not None:
+        atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow()
     from cgan_keras import data, distribute, loop, speed, training

@@ -195,7 +195,7 @@ def run_train_py(batch_size, images, labels, args):
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         config = TrainConfig(data="builtin", batch_size=batch_size, out=out)
         # As train.py starts it, before the run (its TensorFlow import cannot overlap this process's here).
-        xla_timing = timing_process.TimingProcess(config) if timing_process.wanted(config, resume=False) else None
+        xla_timing = timing_process.start_early(config, resume=False)
         training.prepare_directory(config)
         # train.py's own progress line as a terminal shows it (redrawn every 0.1 s), not Keras' logger.
         progress = RunProgress(config.steps, interactive=True, stream=devnull)

@@ -72,6 +72,20 @@ def wanted(config, resume):
     )
 
 
+def start_early(config, resume):
+    """A `TimingProcess` for a run of `config`, started before its TensorFlow starts, if `wanted`; else `None`.
+
+    `None` too where the child cannot be started: the run then tries again
+    when it times, and says why XLA was left out.
+    """
+    if not wanted(config, resume):
+        return None
+    try:
+        return TimingProcess(config)
+    except TimingFailed:
+        return None
+
+
 class TimingProcess:
     """A child process that builds `config`'s model with XLA, compiles its step and times it in turns.
 

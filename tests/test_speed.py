@@ -73,6 +73,8 @@ def test_a_timing_process_that_cannot_start_fails_as_one_that_crashed(tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # no directory for its files
     with pytest.raises(timing_process.TimingFailed, match="cannot start the timing process: .*No such file"):
         timing_process.TimingProcess(tiny_config())
+    assert timing_process.wanted(TINY, resume=False)
+    assert timing_process.start_early(TINY, resume=False) is None  # the run starts one when it times
 
 
 @pytest.mark.parametrize(
