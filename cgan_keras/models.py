@@ -8,7 +8,7 @@ generator at that point for a weighted one-hot (interpolation).
 Why these sizes: a narrow generator (two stride-2 stages, 80 -> 40 channels)
 and a deeper discriminator (four stride-2 convolutions, 32 -> 64 -> 64 -> 64,
 28x28 down to 2x2), chosen at equal training FLOPs on full MNIST by
-`benchmarks/recipe.py` (README "What made the difference"): narrow networks
+`benchmarks/recipe.py` (docs/quality.md, "What made the difference"): narrow networks
 trained for more steps beat wide ones trained for fewer, and the deeper
 discriminator, with the R1 penalty (`gan.r1_penalty`) keeping it smooth,
 holds the generator to digits that are both cleaner and more varied than
