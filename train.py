@@ -113,7 +113,10 @@ def main(argv=None):
     from cgan_keras.progress import RunProgress
 
     # First: threads per op and logical CPU replicas can only be set before TensorFlow starts its devices.
-    policy = distribute.mixed_precision_policy(config.mixed_precision)
+    try:
+        policy = distribute.mixed_precision_policy(config.mixed_precision)
+    except ValueError as error:  # `on` where this CPU cannot train in bfloat16 at all
+        fail(f"--mixed-precision {config.mixed_precision}: {error}")
     speed.set_intra_op_threads(speed.intra_op_threads(config.intra_op_threads, policy))
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     try:

@@ -26,6 +26,12 @@ ISAS_WITHOUT_BFLOAT16 = frozenset(
 ISAS_WITHOUT_AMX = ISAS_WITHOUT_BFLOAT16 | {
     "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2", "AVX10_2_512"
 }  # fmt: skip
+# The caps below AVX512_CORE, where oneDNN has no bfloat16 kernels at all: a `mixed_bfloat16` step
+# aborted machine A capped at AVX2 ("could not create a primitive descriptor for the matmul primitive").
+ISAS_WITHOUT_BFLOAT16_KERNELS = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI"})
+# The CPU flags for which TensorFlow turns oneDNN on by default on Linux (`DefaultOneDnnPolicy` in
+# tensorflow/core/util/port.cc); without them it runs Eigen's kernels unless TF_ENABLE_ONEDNN_OPTS=1.
+ONEDNN_DEFAULT_FLAGS = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
 
 
 def make_strategy(name="default", cpu_replicas=1):
@@ -82,6 +88,10 @@ def mixed_precision_policy(setting="on", gpu=None, bfloat16_cpu=None):
 
     Returns:
         `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`.
+
+    Raises:
+        ValueError: `on` on a CPU where TensorFlow cannot compute in bfloat16 at
+            all (`bfloat16_unavailable`), instead of the abort it would be.
     """
     if setting not in CHOICES["mixed_precision"]:
         raise ValueError(f"`setting` must be one of {CHOICES['mixed_precision']}. Received: setting={setting!r}")
@@ -91,7 +101,12 @@ def mixed_precision_policy(setting="on", gpu=None, bfloat16_cpu=None):
         return "mixed_bfloat16" if (native_bfloat16() if bfloat16_cpu is None else bfloat16_cpu) else "float32"
     if setting == "off":
         return "float32"
-    return "mixed_float16" if gpu else "mixed_bfloat16"
+    if gpu:
+        return "mixed_float16"
+    reason = bfloat16_unavailable()
+    if reason:
+        raise ValueError(f"`mixed_bfloat16` cannot run here: {reason}. Received: setting={setting!r}")
+    return "mixed_bfloat16"
 
 
 def native_bfloat16(cpuinfo=None, environ=None):
@@ -125,14 +140,62 @@ def usable_cpu_flags(cpuinfo=None, environ=None):
     """
     environ = os.environ if environ is None else environ
     flags = cpu_flags(cpuinfo)
-    # Read as TensorFlow and oneDNN do: an empty cap is no cap, and a value either does not know is ignored.
-    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    onednn_off = environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower() in ("0", "false")
+    _, cap = _onednn_cap(environ)
+    onednn_off = _onednn_setting(environ) is False
     if onednn_off or cap in ISAS_WITHOUT_BFLOAT16:
         flags = flags - BFLOAT16_FLAGS
     if onednn_off or cap in ISAS_WITHOUT_AMX:
         flags = {flag for flag in flags if not flag.startswith("amx")}
     return flags
+
+
+def bfloat16_unavailable(cpuinfo=None, environ=None):
+    """Why TensorFlow cannot train in `mixed_bfloat16` on this CPU at all, or `None` where it can.
+
+    Where TensorFlow's oneDNN is on (by its default for the CPU's flags, or
+    `TF_ENABLE_ONEDNN_OPTS=1`) and capped below AVX512_CORE (`ONEDNN_MAX_CPU_ISA`
+    or `DNNL_MAX_CPU_ISA`), oneDNN has no bfloat16 kernels and the first
+    `mixed_bfloat16` step aborts the process. Without oneDNN, TensorFlow emulates
+    bfloat16 (slowly) and it runs.
+
+    Args:
+        cpuinfo: the text of `/proc/cpuinfo`; `None` reads it.
+        environ: the environment TensorFlow and oneDNN read; `None` is `os.environ`.
+
+    Returns:
+        A clause naming the setting to change, or `None`.
+    """
+    environ = os.environ if environ is None else environ
+    variable, cap = _onednn_cap(environ)
+    if cap not in ISAS_WITHOUT_BFLOAT16_KERNELS:
+        return None
+    onednn_on = _onednn_setting(environ)
+    if onednn_on is None:
+        onednn_on = bool(cpu_flags(cpuinfo) & ONEDNN_DEFAULT_FLAGS)
+    if not onednn_on:
+        return None
+    return (
+        f"{variable}={environ[variable]} caps TensorFlow's oneDNN below AVX512_CORE, where it has no bfloat16 "
+        f"kernels; unset {variable}, or set TF_ENABLE_ONEDNN_OPTS=0 to have TensorFlow emulate bfloat16 (slowly)"
+    )
+
+
+def _onednn_cap(environ):
+    """`(variable, ISA)` of oneDNN's ISA cap, upper-cased; `(None, "")` without one.
+
+    Read as oneDNN does: `ONEDNN_MAX_CPU_ISA` first, then the older
+    `DNNL_MAX_CPU_ISA`, and an empty value is no cap.
+    """
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if environ.get(variable):
+            return variable, environ[variable].upper()
+    return None, ""
+
+
+def _onednn_setting(environ):
+    """`TF_ENABLE_ONEDNN_OPTS` as TensorFlow reads it: `True`, `False`, or `None` (unset or not a boolean)."""
+    value = environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower()
+    return {"1": True, "true": True, "0": False, "false": False}.get(value)
 
 
 def cpu_flags(cpuinfo=None):

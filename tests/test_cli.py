@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 from support import TINY, hold_lock, mount_tmpfs
 
-from cgan_keras import export
+from cgan_keras import export, run_lock
 from cgan_keras.config import TrainConfig
 from cgan_keras.sampler import DigitSampler
 
@@ -178,6 +178,17 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, script, args, messag
     assert result.returncode == 2
     assert message in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_forced_bfloat16_where_onednn_has_no_bfloat16_kernels_exits_2_before_writing(tmp_path):
+    # TensorFlow would abort at the first step (machine A, 2026-12-07); oneDNN forced on makes it so on any x86 CPU.
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    out = tmp_path / "run"
+    flags = ["--mixed-precision", "on", "--jit-compile", "off", "--data", "builtin", "--out", str(out)]
+    result = run("train.py", *flags, cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--mixed-precision on: `mixed_bfloat16` cannot run here: ONEDNN_MAX_CPU_ISA=AVX2" in result.stderr
+    assert [path.name for path in out.iterdir()] == [run_lock.LOCK_NAME]
 
 
 @pytest.mark.parametrize(

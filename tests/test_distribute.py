@@ -124,3 +124,35 @@ def test_auto_precision_is_float32_on_a_bfloat16_cpu_whose_onednn_is_off(monkeyp
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert distribute.mixed_precision_policy("auto", gpu=False) == "float32"
     assert distribute.mixed_precision_policy("on", gpu=False) == "mixed_bfloat16"  # forced stays forced
+
+
+ZEN4_FLAGS = "flags\t\t: avx2 avx512f avx512_vnni avx512_bf16\n"  # TensorFlow's oneDNN on by default
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, environ, unavailable",
+    [
+        (ZEN4_FLAGS, {}, False),
+        (ZEN4_FLAGS, {"ONEDNN_MAX_CPU_ISA": "avx2"}, True),  # aborted machine A
+        (ZEN4_FLAGS, {"DNNL_MAX_CPU_ISA": "AVX2_VNNI"}, True),
+        (ZEN4_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, False),  # bfloat16 emulated by oneDNN: slow, runs
+        (ZEN4_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "0"}, False),  # Eigen emulates it
+        (AMD_ZEN3_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),  # oneDNN off by TensorFlow's default there
+        (AMD_ZEN3_FLAGS, {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_ENABLE_ONEDNN_OPTS": "true"}, True),
+    ],
+)
+def test_bfloat16_is_unavailable_only_where_onednn_runs_without_its_kernels(cpuinfo, environ, unavailable):
+    reason = distribute.bfloat16_unavailable(cpuinfo, environ)
+    assert (reason is not None) is unavailable
+    if unavailable:
+        assert next(name for name in environ if name.endswith("MAX_CPU_ISA")) in reason
+
+
+def test_forced_bfloat16_where_it_cannot_run_is_a_clear_error(monkeypatch, onednn_defaults):
+    flags = distribute.cpu_flags(ZEN4_FLAGS)
+    monkeypatch.setattr(distribute, "cpu_flags", lambda cpuinfo=None: set(flags))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(ValueError, match="ONEDNN_MAX_CPU_ISA=AVX2 caps TensorFlow's oneDNN below AVX512_CORE"):
+        distribute.mixed_precision_policy("on", gpu=False)
+    assert distribute.mixed_precision_policy("auto", gpu=False) == "float32"
+    assert distribute.mixed_precision_policy("on", gpu=True) == "mixed_float16"
