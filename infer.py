@@ -36,7 +36,7 @@ from cgan_keras.grids import save_grid
 from cgan_keras.sampler import DigitSampler, OnnxModelError
 
 fail = functools.partial(cli.fail, "infer.py")
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # `models.NUM_CLASSES`, which imports Keras: --digit is checked before anything loads
 MAX_TILES = 100
 
 
