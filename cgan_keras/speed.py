@@ -145,7 +145,10 @@ def choose_jit_compile(setting, time_both, measure=True):
 
     Returns:
         `(jit_compile, xla_seconds, plain_seconds, reason)`; the seconds are
-        `None` when nothing was timed.
+        `None` when nothing was timed. A `timing_process.TimingFailed` from
+        `time_both` means XLA does not work here: the plain step is chosen,
+        and `reason` says why. Any other error is the plain step's, which the
+        run would meet too, and propagates.
     """
     if setting in ("on", "off"):
         return setting == "on", None, None, f"--jit-compile {setting}"
@@ -153,8 +156,6 @@ def choose_jit_compile(setting, time_both, measure=True):
         return False, None, None, f"--jit-compile auto times runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more"
     try:
         xla_seconds, plain_seconds = time_both()
-    except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
-        return False, None, None, f"XLA failed here: {type(error).__name__}"
     except timing_process.TimingFailed as error:
         return False, None, None, f"XLA failed here: {error}"
     return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"

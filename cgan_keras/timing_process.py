@@ -54,7 +54,11 @@ TIMEOUT_SECONDS = 600
 
 
 class TimingFailed(RuntimeError):
-    """The child process could not time the steps; the message says why (e.g. `UnimplementedError`)."""
+    """The XLA model could not be timed (in the child, or on a GPU in the run's process); the message says why.
+
+    E.g. `UnimplementedError` (an op XLA cannot compile here) or the child's
+    exit code and last line.
+    """
 
 
 def wanted(config, resume):

@@ -346,7 +346,10 @@ def _time_both(config, images, labels, strategy, xla_timing, policy):
     if tf.config.list_physical_devices("GPU"):
         if xla_timing is not None:  # started before the GPU was seen: its CPU work would slow these timings
             xla_timing.close()
-        xla_seconds = time_model_steps(config, images, labels, strategy, True, policy)
+        try:
+            xla_seconds = time_model_steps(config, images, labels, strategy, True, policy)
+        except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
+            raise timing_process.TimingFailed(type(error).__name__) from error
         return xla_seconds, time_model_steps(config, images, labels, strategy, False, policy)
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     child = xla_timing or timing_process.TimingProcess(config, policy, threads)

@@ -49,9 +49,31 @@ def test_auto_does_not_time_a_short_run_and_means_off():
 
 def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
     def time_both():
-        raise tf.errors.UnimplementedError(None, None, "no XLA kernel")
+        raise timing_process.TimingFailed("UnimplementedError")
 
     assert speed.choose_jit_compile("auto", time_both) == (False, None, None, "XLA failed here: UnimplementedError")
+
+
+def test_a_plain_step_that_fails_is_not_reported_as_xla_failing():
+    def time_both():
+        raise tf.errors.ResourceExhaustedError(None, None, "out of memory in the plain step")
+
+    with pytest.raises(tf.errors.ResourceExhaustedError, match="plain step"):
+        speed.choose_jit_compile("auto", time_both)
+
+
+def test_on_a_gpu_an_xla_step_that_fails_is_a_timing_failure_and_the_plain_step_is_not_timed(monkeypatch, digits):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"] if kind == "GPU" else [])
+    timed = []
+
+    def time_model_steps(config, images, labels, strategy, jit_compile, policy):
+        timed.append(jit_compile)
+        raise tf.errors.UnimplementedError(None, None, "no XLA kernel for an op")
+
+    monkeypatch.setattr(training, "time_model_steps", time_model_steps)
+    with pytest.raises(timing_process.TimingFailed, match="UnimplementedError"):
+        training._time_both(tiny_config(), *digits, None, None, "float32")
+    assert timed == [True]
 
 
 def test_a_timing_process_that_fails_says_why_and_the_run_trains_without_xla():
