@@ -33,7 +33,7 @@ os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
 from cgan_keras import cli
 from cgan_keras.artifacts import atomic_path
 from cgan_keras.grids import save_grid
-from cgan_keras.sampler import DigitSampler, OnnxModelError
+from cgan_keras.sampler import MIN_TRUNCATION, DigitSampler, OnnxModelError
 
 fail = functools.partial(cli.fail, "infer.py")
 NUM_CLASSES = 10  # `models.NUM_CLASSES`, which imports Keras: --digit is checked before anything loads
@@ -55,7 +55,7 @@ def parse_args(argv):
         "--count", type=int, help="images per digit (default: 9, or 10 with --digit all); rows with --interpolate (4)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
-    parser.add_argument("--truncation", type=float, help="draw the noise from a normal truncated at +-T, T > 0")
+    parser.add_argument("--truncation", type=float, help="draw the noise from a normal truncated at +-T, T >= 0.01")
     parser.add_argument("--out", help="PNG grid to write (default: digit_<DIGIT>.png or morph_<A>_<B>.png)")
     parser.add_argument("--npy", help="also save every image as float32 (N, 28, 28, 1) in [0, 1] to this .npy")
     args = parser.parse_args(argv)
@@ -80,13 +80,22 @@ def parse_args(argv):
         args.count = 4 if args.interpolate else NUM_CLASSES if args.digit == "all" else 9
     if args.count < 1:
         parser.error(f"--count must be a positive integer. Received: --count {args.count}")
-    if args.truncation is not None and not args.truncation > 0:  # `not >` also catches nan
-        parser.error(f"--truncation must be a positive number. Received: --truncation {args.truncation}")
+    if args.truncation is not None and not args.truncation >= MIN_TRUNCATION:  # `not >=` also catches nan
+        parser.error(f"--truncation must be a number >= {MIN_TRUNCATION}. Received: --truncation {args.truncation}")
+    if args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer. Received: --seed {args.seed}")
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out must be a .png file. Received: --out {args.out}")
+    # Both destinations are checked before anything is written, so a failed command leaves no file behind.
+    for flag, path in (("--out", args.out), ("--npy", args.npy)):
+        directory = Path(path).parent if path else None
+        if directory is not None and not (directory.is_dir() and os.access(directory, os.W_OK)):
+            parser.error(f"{flag} {path}: cannot write to the directory {directory}")
     return args
 
 
 def _is_digit(text):
-    return text.isdigit() and int(text) < NUM_CLASSES
+    return text in {str(digit) for digit in range(NUM_CLASSES)}
 
 
 def load_sampler(path):
@@ -118,7 +127,7 @@ def generate_all(sampler, digits, seed, shown, npy_path=None, truncation=None):
         seed: seed of the noise.
         shown: bool `(N,)`, which images to keep in memory for the grid.
         npy_path: optional `.npy` that receives all N images, written atomically.
-        truncation: None, or the truncation of the noise (> 0).
+        truncation: None, or the truncation of the noise (>= `MIN_TRUNCATION`).
     """
     tiles = []
     with contextlib.ExitStack() as stack:

@@ -79,15 +79,20 @@ def _writes_out(config):
     """
     if config.strategy != "multiworker":
         return True
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    if "chief" in tf_config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = tf_config.get("task", {})
+        if "chief" in tf_config.get("cluster", {}):
+            return task.get("type") == "chief"
+        return task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+    except (ValueError, TypeError, AttributeError) as error:
+        fail(f"TF_CONFIG is not TensorFlow's cluster JSON ({error}). Received: TF_CONFIG={os.environ['TF_CONFIG']!r}")
 
 
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        fail(f"cgan-keras runs on Keras' TensorFlow backend. Received: KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
     started = time.perf_counter()
     # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
     # The other workers of a cluster write nothing to --out, so only the chief takes it.
@@ -124,6 +129,8 @@ def main(argv=None):
         images, labels = data.load_data(source)
     except data.DataError as error:
         fail(str(error))
+    if len(images) < config.batch_size:
+        fail(f"--batch-size {config.batch_size} is more than the {len(images):,} digits of --data {source}")
     chief = loop.is_chief(strategy)
     try:
         if chief:  # the other workers of a cluster write nothing to --out

@@ -22,11 +22,18 @@ def make_parser(doc, **kwargs):
     """Returns an `argparse.ArgumentParser` described by a CLI module's docstring.
 
     The first paragraph becomes the description; the rest (the copy-paste
-    examples) the epilog, line breaks kept. `kwargs` go to the parser.
+    examples) the epilog, line breaks kept. `kwargs` go to the parser. Its
+    errors are one line, as `fail` writes them (argparse would print the
+    whole usage first: 20 lines for train.py), with exit code 2.
     """
     summary, examples = doc.split("\n\n", 1)
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-    return argparse.ArgumentParser(description=summary, epilog=examples, **kwargs)
+    return _OneLineErrorParser(description=summary, epilog=examples, **kwargs)
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):
+        fail(self.prog, f"{message} (--help lists the flags)")
 
 
 def fail(prog, message):

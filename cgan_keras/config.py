@@ -8,6 +8,7 @@ resumed from its directory alone.
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from cgan_keras.artifacts import atomic_path
@@ -153,11 +154,32 @@ class TrainConfig:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={self.label_smoothing}")
-        if self.r1_gamma < 0:
-            raise ValueError(f"`r1_gamma` must be >= 0. Received: r1_gamma={self.r1_gamma}")
+        if not 0 <= self.r1_gamma < math.inf:
+            raise ValueError(f"`r1_gamma` must be a finite number >= 0. Received: r1_gamma={self.r1_gamma}")
+        for name in ("generator_learning_rate", "discriminator_learning_rate"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"`{name}` must be a finite number > 0. Received: {name}={getattr(self, name)}")
+        for name in ("beta_1", "beta_2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={getattr(self, name)}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"`seed` must be an integer in [0, 2**32). Received: seed={self.seed!r}")
         for name in ("generator_filters", "discriminator_filters"):
             # JSON gives lists back; the frozen config keeps tuples.
             object.__setattr__(self, name, tuple(getattr(self, name)))
+            if not all(isinstance(width, int) and width > 0 for width in getattr(self, name)):
+                raise ValueError(f"`{name}` must be positive integers. Received: {name}={getattr(self, name)}")
+        # 28x28 digits: the generator grows a 1x1 map in 2 to 4 stages; the seed's discriminator has 3 convolutions.
+        if not 2 <= len(self.generator_filters) <= 4:
+            raise ValueError(
+                "`generator_filters` must be 2 to 4 widths (the generator's stages up to 28x28). "
+                f"Received: generator_filters={self.generator_filters}"
+            )
+        if not self.discriminator_filters or self.preset == "seed" and len(self.discriminator_filters) != 3:
+            raise ValueError(
+                "`discriminator_filters` must be at least one width (three with the seed preset). "
+                f"Received: discriminator_filters={self.discriminator_filters}"
+            )
 
     def to_argv(self):
         """The `train.py` arguments that give this config: `--preset` and each field that differs from it.

@@ -275,6 +275,8 @@ def _load_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: the file is empty; expected the header {_CSV_HEADER}.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a readable CSV file ({_one_line(error)}).") from error
+    except OSError as error:  # e.g. no permission to read it
+        raise DataError(f"{path}: cannot be read ({error.strerror or _one_line(error)}).") from error
     columns = [str(column) for column in frame.columns]
     if "label" not in columns:
         with path.open() as file:

@@ -19,6 +19,7 @@ import functools
 from pathlib import Path
 
 from cgan_keras import cli
+from cgan_keras.sampler import MIN_TRUNCATION
 
 PROG = "python -m cgan_keras.evaluate"
 fail = functools.partial(cli.fail, PROG)
@@ -33,7 +34,7 @@ def parse_args(argv):
     parser.add_argument("--model", required=True, default=argparse.SUPPRESS, help="generator SavedModel directory")
     parser.add_argument("--per-class", type=int, default=1000, help="generated digits of each class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generator's noise")
-    parser.add_argument("--truncation", type=float, help="noise from a normal truncated at +-T (T > 0); None: none")
+    parser.add_argument("--truncation", type=float, help="noise from a normal truncated at +-T (T >= 0.01); None: none")
     parser.add_argument("--out", help="JSON file for the results; None means eval.json beside the model directory")
     return parser.parse_args(argv)
 
@@ -42,8 +43,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.per_class < 1:
         fail(f"--per-class must be a positive integer. Received: --per-class {args.per_class}")
-    if args.truncation is not None and not args.truncation > 0:
-        fail(f"--truncation must be a positive number. Received: --truncation {args.truncation}")
+    if args.truncation is not None and not args.truncation >= MIN_TRUNCATION:  # `not >=` also catches nan
+        fail(f"--truncation must be a number >= {MIN_TRUNCATION}. Received: --truncation {args.truncation}")
+    if args.seed < 0:
+        fail(f"--seed must be a non-negative integer. Received: --seed {args.seed}")
     if not Path(args.model).is_dir():
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 BATCH_SIZE = 1024  # digits per forward pass: bounds memory for any count
+# The tightest truncation: at +-0.01 already 99% of the normal's values are redrawn, and the
+# redraws grow as 1/t below it (at 1e-30 they never end).
+MIN_TRUNCATION = 0.01
 
 
 def to_unit_range(images):
@@ -36,10 +39,12 @@ def noise_batches(count, latent_dim, seed=None, truncation=None, batch_size=BATC
         float32 `(n, latent_dim)`, `n <= batch_size`.
 
     Raises:
-        ValueError: `truncation` is not None and not positive (no value could be drawn).
+        ValueError: `truncation` is not None and below `MIN_TRUNCATION`.
     """
-    if truncation is not None and not truncation > 0:
-        raise ValueError(f"`truncation` must be None or a positive number. Received: truncation={truncation}")
+    if truncation is not None and not truncation >= MIN_TRUNCATION:  # `not >=` also catches nan
+        raise ValueError(
+            f"`truncation` must be None or a number >= {MIN_TRUNCATION}. Received: truncation={truncation}"
+        )
     rng = np.random.default_rng(seed)
     for start in range(0, count, batch_size):
         noise = rng.standard_normal((min(batch_size, count - start), latent_dim), dtype=np.float32)
@@ -102,7 +107,7 @@ class DigitSampler:
             digits: ints in `[0, num_classes)`, shape `(N,)`.
             seed: seed of the noise; the same seed gives the same images from
                 every constructor.
-            truncation: `None`, or a positive float `t`: noise from a standard
+            truncation: `None`, or a float `t >= MIN_TRUNCATION`: noise from a standard
                 normal truncated at +-t (less variety, more typical digits).
 
         Returns:

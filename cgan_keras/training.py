@@ -144,11 +144,18 @@ def prepare_directory(config, resume=False, overwrite=False):
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"--out {out} exists and is not a directory.")
     if resume and saved_config.exists():
-        saved = TrainConfig.load(saved_config)
+        try:
+            saved = TrainConfig.load(saved_config)
+        except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError; unknown keys a TypeError
+            raise RunDirectoryError(
+                f"--resume: {saved_config} cannot be read ({str(error).strip().splitlines()[0]}); "
+                "pass --overwrite to start again"
+            ) from error
+        # `out` is where the run lives, not how it trains: a run directory moved or copied resumes.
         differing = [
             f"{field.name}: saved {getattr(saved, field.name)!r}, now {getattr(config, field.name)!r}"
             for field in dataclasses.fields(TrainConfig)
-            if getattr(saved, field.name) != getattr(config, field.name)
+            if field.name != "out" and getattr(saved, field.name) != getattr(config, field.name)
         ]
         if differing:
             raise RunDirectoryError(f"--resume needs the same settings as the run in {out}; " + "; ".join(differing))

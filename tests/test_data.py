@@ -6,6 +6,7 @@ import keras
 import keras.src.backend.config
 import keras.src.utils.file_utils
 import numpy as np
+import pandas as pd
 import pytest
 
 from cgan_keras.data import DataError, check_digits, load_data, make_dataset, resolve_source
@@ -178,6 +179,18 @@ def test_csv_reports_bad_files(tmp_path, content, expected):
     with pytest.raises(DataError, match=expected) as error:
         load_data(str(path))
     assert str(path) in str(error.value)
+
+
+def test_csv_that_cannot_be_opened_is_a_data_error_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "train.csv"
+    path.write_text(HEADER + "\n")
+
+    def read_csv(source, **kwargs):  # what pandas raises for a file without read permission (tests may run as root)
+        raise PermissionError(13, "Permission denied", str(source))
+
+    monkeypatch.setattr(pd, "read_csv", read_csv)
+    with pytest.raises(DataError, match=f"{path}: cannot be read \\(Permission denied\\)"):
+        load_data(str(path))
 
 
 def bad_pixel_npz(arrays):

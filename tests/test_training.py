@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -91,6 +92,20 @@ def test_resume_refuses_different_settings(tmp_path):
         training.prepare_directory(eight_steps(out=str(tmp_path), batch_size=32), resume=True)
 
 
+def test_a_run_directory_moved_elsewhere_resumes(tmp_path):
+    training.prepare_directory(eight_steps(out=str(tmp_path / "run")))
+    (tmp_path / "run").rename(tmp_path / "moved")
+    training.prepare_directory(eight_steps(out=str(tmp_path / "moved")), resume=True)  # `out` is not a setting
+    assert TrainConfig.load(tmp_path / "moved" / "config.json").out == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"steps": 8, "no_such_field": 1}'])
+def test_resume_with_an_unreadable_config_names_it_and_the_way_out(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(training.RunDirectoryError, match=r"config.json cannot be read .*pass --overwrite"):
+        training.prepare_directory(eight_steps(out=str(tmp_path)), resume=True)
+
+
 def test_seed_preset_builds_the_tutorial_networks():
     gan = training.build_gan(TrainConfig.from_preset("seed"))
     assert gan.latent_dim == 96 and gan.r1_gamma == 0  # the tutorial has no R1 penalty
@@ -102,10 +117,37 @@ def test_seed_preset_builds_the_tutorial_networks():
 def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
     gan = training.build_gan(TrainConfig(r1_gamma=0.5, r1_every=2, r1_interval=3))
     assert (gan.r1_gamma, gan.r1_every, gan.r1_interval) == (0.5, 2, 3)
-    with pytest.raises(ValueError, match="`r1_gamma` must be >= 0. Received: r1_gamma=-1"):
+    with pytest.raises(ValueError, match="`r1_gamma` must be a finite number >= 0. Received: r1_gamma=-1"):
         TrainConfig(r1_gamma=-1)
     with pytest.raises(ValueError, match="`r1_interval` must be a positive integer. Received: r1_interval=0"):
         TrainConfig(r1_interval=0)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(r1_gamma=float("nan")), "`r1_gamma` must be a finite number >= 0"),
+        (dict(generator_learning_rate=-1.0), "`generator_learning_rate` must be a finite number > 0"),
+        (dict(discriminator_learning_rate=float("nan")), "`discriminator_learning_rate` must be a finite number > 0"),
+        (dict(beta_1=5.0), "`beta_1` must be in [0, 1). Received: beta_1=5.0"),
+        (dict(beta_2=1.0), "`beta_2` must be in [0, 1)"),
+        (dict(seed=-1), "`seed` must be an integer in [0, 2**32). Received: seed=-1"),
+        (dict(generator_filters=(0, 4)), "`generator_filters` must be positive integers"),
+        (dict(generator_filters=(8,)), "`generator_filters` must be 2 to 4 widths"),
+        (dict(generator_filters=(8,) * 5), "`generator_filters` must be 2 to 4 widths"),
+        (dict(discriminator_filters=(4, -8, 8, 8)), "`discriminator_filters` must be positive integers"),
+        (dict(discriminator_filters=()), "`discriminator_filters` must be at least one width"),
+        (dict(preset="seed", discriminator_filters=(8, 8)), "three with the seed preset"),
+    ],
+)
+def test_settings_that_would_fail_later_or_train_nonsense_are_refused_at_once(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.from_preset(**overrides)
+
+
+@pytest.mark.parametrize("filters", [(16, 8), (16, 8, 8), (16, 8, 8, 8)])
+def test_every_generator_depth_the_config_allows_builds(filters):
+    assert training.build_gan(tiny_config(generator_filters=filters)).generator.output_shape == (None, 28, 28, 1)
 
 
 def test_the_ema_statistics_stride_reaches_the_model_and_a_bad_one_is_refused():

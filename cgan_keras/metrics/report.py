@@ -41,7 +41,7 @@ def evaluate_generator(sampler, judge, per_class=1000, seed=0, truncation=None):
         judge: a `judge.Judge`.
         per_class: generated digits of each class for the label accuracy.
         seed: seed of the generator's noise.
-        truncation: None, or `t > 0`: noise from a normal truncated at +-t
+        truncation: None, or `t >= sampler.MIN_TRUNCATION`: noise from a normal truncated at +-t
             (the truncation trick: typically higher precision, lower recall).
 
     Returns:
