@@ -243,14 +243,20 @@ def load_generator(path):
         and the `condition` concrete function (or None).
 
     Raises:
-        SavedModelError: the path is not a SavedModel, or lacks that signature.
+        SavedModelError: the path is not a SavedModel, cannot be read whole (e.g.
+            a truncated `saved_model.pb`, or no `variables/`), or lacks that signature.
     """
     if not tf.saved_model.contains_saved_model(str(path)):
         raise SavedModelError(
             f"Expected a SavedModel directory (with saved_model.pb) as written by `export_generator`. "
             f"Received: path={str(path)!r}"
         )
-    loaded = tf.saved_model.load(str(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        problem = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        message = f"The SavedModel cannot be read whole ({problem}). Received: path={str(path)!r}"
+        raise SavedModelError(message) from error
     serve = loaded.signatures.get("serving_default")
     inputs = serve.structured_input_signature[1] if serve is not None else {}
     outputs = serve.structured_outputs if serve is not None else {}

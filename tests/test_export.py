@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -6,11 +7,19 @@ import keras
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 import tensorflow as tf
 from support import LATENT_DIM, tiny_config, tiny_gan
 
 from cgan_keras import training
-from cgan_keras.export import export_generator, export_onnx, export_serving, save_model
+from cgan_keras.export import (
+    SavedModelError,
+    export_generator,
+    export_onnx,
+    export_serving,
+    load_generator,
+    save_model,
+)
 
 # Runs in a fresh interpreter that never imports cgan_keras (asserted), as a user's server would.
 LOAD_AND_RUN = """
@@ -58,6 +67,18 @@ def test_saved_model_loads_and_runs_without_this_package(tmp_path):
     assert images.shape == (3, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
     expected = (np.asarray(gan((np.array([0, 3, 9], "int32"), noise), training=False)) + 1) / 2
     np.testing.assert_allclose(images, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["truncated graph", "no variables"])
+def test_a_damaged_saved_model_is_a_saved_model_error(tmp_path, damage):
+    export_generator(tiny_gan(), tmp_path / "generator")
+    if damage == "truncated graph":
+        graph = tmp_path / "generator" / "saved_model.pb"
+        graph.write_bytes(graph.read_bytes()[:1000])
+    else:
+        shutil.rmtree(tmp_path / "generator" / "variables")
+    with pytest.raises(SavedModelError, match="The SavedModel cannot be read whole"):
+        load_generator(tmp_path / "generator")
 
 
 def test_export_replaces_an_existing_saved_model_whole(tmp_path):
