@@ -39,6 +39,8 @@ CHOICES = {
     "jit_compile": ("auto", "on", "off"),
     "mixed_precision": ("auto", "on", "off"),
 }
+MAX_THREADS = 1024  # --intra-op-threads
+MAX_CPU_REPLICAS = 64  # --cpu-replicas
 
 
 def flag(name):
@@ -145,10 +147,16 @@ class TrainConfig:
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
                 f"Received: eval_every={self.eval_every}"
             )
-        if not isinstance(self.intra_op_threads, int) or self.intra_op_threads < 0:
+        # Bounds far above any use, below what crashes: 100,000 threads per op aborted TensorFlow
+        # (pthread_create failed) and 100,000 logical CPU devices never finished starting.
+        if not isinstance(self.intra_op_threads, int) or not 0 <= self.intra_op_threads <= MAX_THREADS:
             raise ValueError(
-                "`intra_op_threads` must be 0 (auto) or a positive integer. "
+                f"`intra_op_threads` must be 0 (auto) or a positive integer up to {MAX_THREADS}. "
                 f"Received: intra_op_threads={self.intra_op_threads!r}"
+            )
+        if self.cpu_replicas > MAX_CPU_REPLICAS:
+            raise ValueError(
+                f"`cpu_replicas` must be at most {MAX_CPU_REPLICAS}. Received: cpu_replicas={self.cpu_replicas}"
             )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
