@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 import time
 
@@ -63,8 +64,15 @@ def parse_args(argv):
     try:
         config = config_module.TrainConfig.from_preset(**args)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(_in_flags(str(error)))
     return config, resume, overwrite
+
+
+def _in_flags(message):
+    """A `TrainConfig` error in this tool's terms: `` `steps` `` and `steps=0` become `--steps` and `--steps 0`."""
+    names = "|".join(field.name for field in dataclasses.fields(config_module.TrainConfig))
+    message = re.sub(rf"`({names})`", lambda match: config_module.flag(match[1]), message)
+    return re.sub(rf"\b({names})=", lambda match: config_module.flag(match[1]) + " ", message)
 
 
 def _show(value):

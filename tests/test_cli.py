@@ -169,8 +169,9 @@ def test_infer_rejects_a_bad_onnx_file(trained_run, damage):
         ("infer.py", ["--digit", "3", "--count", "0"], "--count must be a positive integer"),
         ("infer.py", ["--digit", "3", "--model", "missing"], "--model missing is not a directory"),
         ("infer.py", ["--interpolate", "3"], "argument --interpolate: expected 2 arguments"),
-        ("train.py", ["--steps", "0"], "`steps` must be a positive integer. Received: steps=0"),
-        ("train.py", ["--batch-size", "0"], "`batch_size` must be a positive integer"),
+        ("train.py", ["--steps", "0"], "--steps must be a positive integer. Received: --steps 0"),
+        ("train.py", ["--batch-size", "0"], "--batch-size must be a positive integer"),
+        ("train.py", ["--beta-1", "5"], "--beta-1 must be in [0, 1). Received: --beta-1 5.0"),
         ("train.py", ["--resume", "--overwrite"], "--resume and --overwrite exclude each other"),
     ],
 )
