@@ -109,7 +109,7 @@ def load_sampler(path):
         fail(f"--model {path} is not a directory; expected a SavedModel or a .onnx file exported by train.py")
     # Imported once the arguments are checked, and only for a SavedModel:
     # TensorFlow takes ~5 s to import.
-    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
+    cli.import_tensorflow("infer.py")  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import export
 
     try:

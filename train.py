@@ -99,8 +99,7 @@ def _writes_out(config):
 
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        fail(f"cgan-keras runs on Keras' TensorFlow backend. Received: KERAS_BACKEND={os.environ['KERAS_BACKEND']}")
+    cli.check_keras_backend("train.py")  # before the run lock and the timing child
     started = time.perf_counter()
     # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
     # The other workers of a cluster write nothing to --out, so only the chief takes it.
@@ -117,7 +116,7 @@ def main(argv=None):
     if xla_timing is not None:
         atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
-    cli.import_tensorflow()
+    cli.import_tensorflow("train.py")
     from cgan_keras import data, distribute, loop, speed, training
     from cgan_keras.artifacts import ArtifactWriteError
     from cgan_keras.callbacks import CheckpointError, TrainingDiverged, global_step
@@ -131,7 +130,15 @@ def main(argv=None):
     except ValueError as error:  # `on` where this CPU cannot train in bfloat16 at all
         fail(f"--mixed-precision {config.mixed_precision}: {error}")
     speed.set_intra_op_threads(speed.intra_op_threads(config.intra_op_threads, policy))
-    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    try:
+        strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    except ValueError as error:  # e.g. a TF_CONFIG whose task is not in its cluster
+        fail(f"--strategy {config.strategy}: {str(error).strip().splitlines()[0]}")
+    if config.batch_size % strategy.num_replicas_in_sync:
+        fail(
+            f"--batch-size {config.batch_size} does not split evenly over "
+            f"{strategy.num_replicas_in_sync} replicas; use a multiple of {strategy.num_replicas_in_sync}"
+        )
     try:
         source = data.resolve_source(config.data)
         images, labels = data.load_data(source)

@@ -42,8 +42,18 @@ def fail(prog, message):
     sys.exit(2)
 
 
-def import_tensorflow():
+def check_keras_backend(prog):
+    """Exits as `fail` does unless Keras would run on TensorFlow: the models, exports and judge are TensorFlow's."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":
+        message = "cgan-keras runs on Keras' TensorFlow backend; unset KERAS_BACKEND."
+        fail(prog, f"{message} Received: KERAS_BACKEND={backend}")
+
+
+def import_tensorflow(prog):
     """Imports TensorFlow and finds its devices without its start-up noise on stderr; returns the module.
+
+    First `check_keras_backend(prog)`: the tools that import TensorFlow also use Keras.
 
     Some of TensorFlow's start-up lines come from C++ before any setting
     applies (`TF_CPP_MIN_LOG_LEVEL` does not reach them), so the import and
@@ -55,6 +65,7 @@ def import_tensorflow():
     first step on CPUs. Errors that stop a run still raise in Python. A user
     who sets the level to 0 or 1 asked for TensorFlow's logs and gets them all.
     """
+    check_keras_backend(prog)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("0", "1"):
         import tensorflow as tf

@@ -270,7 +270,8 @@ def _load_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         # Blank lines become rows of missing values, so row k is always line k + 1; reading
         # in one piece keeps a column's dtype whole (no mixed-type DtypeWarning).
-        frame = pd.read_csv(path, skip_blank_lines=False, low_memory=False)
+        # Only an empty cell is missing: pandas would read `nan` or `NA` as one too, and report them as empty.
+        frame = pd.read_csv(path, skip_blank_lines=False, low_memory=False, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty; expected the header {_CSV_HEADER}.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

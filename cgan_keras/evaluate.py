@@ -51,7 +51,7 @@ def main(argv=None):
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
-    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
+    cli.import_tensorflow(PROG)  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import export
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report

@@ -185,7 +185,7 @@ def test_user_mistakes_exit_2_with_one_clear_line(tmp_path, script, args, messag
 @pytest.mark.parametrize(
     "variable, value, message",
     [
-        ("KERAS_BACKEND", "jax", "cgan-keras runs on Keras' TensorFlow backend. Received: KERAS_BACKEND=jax"),
+        ("KERAS_BACKEND", "jax", "cgan-keras runs on Keras' TensorFlow backend; unset KERAS_BACKEND."),
         ("TF_CONFIG", "{bad", "TF_CONFIG is not TensorFlow's cluster JSON"),
     ],
 )
@@ -195,6 +195,16 @@ def test_train_refuses_an_environment_it_cannot_run_in_before_importing_tensorfl
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert message in line
+
+
+def test_a_batch_that_does_not_split_over_the_replicas_exits_2_before_writing(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--strategy", "mirrored", "--cpu-replicas", "3", "--batch-size", "8", "--jit-compile", "off"]
+    result = run("train.py", *flags, "--data", "builtin", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "--batch-size 8 does not split evenly over 3 replicas; use a multiple of 3" in line
+    assert [path.name for path in out.iterdir()] == [run_lock.LOCK_NAME]
 
 
 def test_forced_bfloat16_where_onednn_has_no_bfloat16_kernels_exits_2_before_writing(tmp_path):
@@ -475,7 +485,7 @@ def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(t
         "if os.environ.get('FAIL'):\n"
         "    raise ImportError('broken install')\n"
     )
-    command = [sys.executable, "-c", "from cgan_keras import cli; cli.import_tensorflow(); print('ours')"]
+    command = [sys.executable, "-c", "from cgan_keras import cli; cli.import_tensorflow('test'); print('ours')"]
     # As the tools import the package: without its TensorFlow import (`cgan_keras/__init__.py`).
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "CGAN_KERAS_DEFER_TENSORFLOW": "1"}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)

@@ -129,6 +129,7 @@ def set_cell(row, column, value):
     [
         (set_cell(1, 6, "abc"), ["data row 2 (line 3)", "`pixel5`", "a number", "`abc`"]),
         (set_cell(2, 1, ""), ["data row 3 (line 4)", "`pixel0`", "empty cell"]),
+        (set_cell(1, 2, "nan"), ["data row 2 (line 3)", "`pixel1`", "a number", "`nan`"]),
         (set_cell(0, 784, "256"), ["data row 1 (line 2)", "`pixel783`", "0..255", "`256`"]),
         (set_cell(1, 10, "-1"), ["data row 2 (line 3)", "`pixel9`", "`-1`"]),
         (set_cell(2, 0, "10"), ["data row 3 (line 4)", "`label`", "0..9", "`10`"]),
@@ -141,6 +142,7 @@ def set_cell(row, column, value):
     ids=[
         "non-numeric",
         "missing",
+        "nan-text",
         "pixel-high",
         "pixel-low",
         "label-range",

@@ -119,7 +119,7 @@ def save_judge(classifier, reference, info, directory):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.import_tensorflow()  # quietly: TensorFlow's start-up lines are filtered
+    cli.import_tensorflow(PROG)  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import data
     from cgan_keras.metrics.judge import FILES
 
