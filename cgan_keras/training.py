@@ -273,6 +273,8 @@ def run(
     if restored:
         skipped = "".join(f"; skipped unreadable {path.name} ({problem})" for path, problem in resumed_from.skipped)
         log(f"resuming from {restored} (step {done}){skipped}")
+    elif resume:  # e.g. a run killed before its first checkpoint, or a mistyped --out
+        log(f"--resume: no checkpoint in {out / 'checkpoints'}; training from step 0")
     if multiworker:
         fit = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed).fit
     else:

@@ -356,6 +356,15 @@ def _damage(path, how):
     path.write_bytes(bytes(data))
 
 
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, digits):
+    config = eight_steps(out=str(tmp_path / "new"), steps=4, log_every=4)
+    training.prepare_directory(config, resume=True)
+    lines = []
+    gan, _ = training.run(config, *digits, resume=True, verbose=0, log=lines.append)
+    assert f"--resume: no checkpoint in {tmp_path / 'new' / 'checkpoints'}; training from step 0" in lines
+    assert int(gan.optimizer.iterations) == 4
+
+
 def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, digits, capsys):
     config = eight_steps(out=str(tmp_path))
     training.prepare_directory(config)
