@@ -118,7 +118,7 @@ def main(argv=None):
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow("train.py")
     from cgan_keras import data, distribute, loop, speed, training
-    from cgan_keras.artifacts import ArtifactWriteError
+    from cgan_keras.artifacts import ArtifactWriteError, first_line
     from cgan_keras.callbacks import CheckpointError, TrainingDiverged, global_step
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
@@ -133,7 +133,7 @@ def main(argv=None):
     try:
         strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     except ValueError as error:  # e.g. a TF_CONFIG whose task is not in its cluster
-        fail(f"--strategy {config.strategy}: {str(error).strip().splitlines()[0]}")
+        fail(f"--strategy {config.strategy}: {first_line(error)}")
     if config.batch_size % strategy.num_replicas_in_sync:
         fail(
             f"--batch-size {config.batch_size} does not split evenly over "

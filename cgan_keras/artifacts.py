@@ -97,10 +97,16 @@ def remove_partial(directory):
 
 
 def _reason(error):
-    if error.errno is not None:
-        return os.strerror(error.errno)
-    # Libraries (h5py, TensorFlow) may put several lines in one message.
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return os.strerror(error.errno) if error.errno is not None else first_line(error)
+
+
+def first_line(error):
+    """The first line of an exception's message, or its type's name when the message is empty.
+
+    Libraries (h5py, TensorFlow, onnxruntime) may put several lines in one message.
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _stop_here(final_path, moment):

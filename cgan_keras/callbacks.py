@@ -217,7 +217,7 @@ class RunCheckpoint(keras.callbacks.Callback):
                     raise zipfile.BadZipFile(f"{damaged} fails its CRC check")
                 model.load_weights(path)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-                self.skipped.append((path, (str(error).strip().splitlines() or [type(error).__name__])[0]))
+                self.skipped.append((path, artifacts.first_line(error)))
                 continue
             return path
         if self.skipped:

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from cgan_keras import models
-from cgan_keras.artifacts import atomic_path
+from cgan_keras.artifacts import atomic_path, first_line
 from cgan_keras.sampler import to_unit_range
 
 # Opset 17 (2022) runs on every onnxruntime since 1.13 and on most other runtimes.
@@ -254,8 +254,7 @@ def load_generator(path):
     try:
         loaded = tf.saved_model.load(str(path))
     except (OSError, ValueError, tf.errors.OpError) as error:
-        problem = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        message = f"The SavedModel cannot be read whole ({problem}). Received: path={str(path)!r}"
+        message = f"The SavedModel cannot be read whole ({first_line(error)}). Received: path={str(path)!r}"
         raise SavedModelError(message) from error
     serve = loaded.signatures.get("serving_default")
     inputs = serve.structured_input_signature[1] if serve is not None else {}

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from cgan_keras import data
+from cgan_keras.artifacts import first_line
 from cgan_keras.callbacks import global_step
 
 # What a collective op raises when a peer crashed, was killed or became
@@ -123,9 +124,8 @@ class DistributedLoop:
             self._fit(initial_epoch, epochs, steps_per_epoch, callbacks)
         except _PEER_ERRORS as error:
             # Resetting the metrics is a collective op too, so any of them can be where it shows.
-            message = str(error).strip().splitlines()[0]
             raise WorkerLost(
-                f"lost contact with another worker after step {global_step(self.gan)} ({message})"
+                f"lost contact with another worker after step {global_step(self.gan)} ({first_line(error)})"
             ) from error
 
     def _fit(self, initial_epoch, epochs, steps_per_epoch, callbacks):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cgan_keras.artifacts import first_line
+
 BATCH_SIZE = 1024  # digits per forward pass: bounds memory for any count
 # The tightest truncation: at +-0.01 already 99% of the normal's values are redrawn, and the
 # redraws grow as 1/t below it (at 1e-30 they never end).
@@ -268,8 +270,8 @@ class DigitSampler:
         try:
             session = onnxruntime.InferenceSession(str(path), providers=onnxruntime.get_available_providers())
         except (errors.Fail, errors.InvalidArgument, errors.InvalidGraph, errors.InvalidProtobuf) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise OnnxModelError(f"onnxruntime cannot load it ({first_line}). Received: path={str(path)!r}") from None
+            problem = first_line(error)
+            raise OnnxModelError(f"onnxruntime cannot load it ({problem}). Received: path={str(path)!r}") from None
         inputs = {tensor.name: tensor for tensor in session.get_inputs()}
         outputs = {tensor.name: tensor for tensor in session.get_outputs()}
         images = outputs.get("images")

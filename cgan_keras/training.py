@@ -148,7 +148,7 @@ def prepare_directory(config, resume=False, overwrite=False):
             saved = TrainConfig.load(saved_config)
         except (OSError, ValueError, TypeError) as error:  # JSONDecodeError is a ValueError; unknown keys a TypeError
             raise RunDirectoryError(
-                f"--resume: {saved_config} cannot be read ({str(error).strip().splitlines()[0]}); "
+                f"--resume: {saved_config} cannot be read ({artifacts.first_line(error)}); "
                 "pass --overwrite to start again"
             ) from error
         # `out` is where the run lives, not how it trains: a run directory moved or copied resumes.
