@@ -144,8 +144,10 @@ def main(argv=None):
         images, labels = data.load_data(source)
     except data.DataError as error:
         fail(str(error))
-    if len(images) < config.batch_size:
-        fail(f"--batch-size {config.batch_size} is more than the {len(images):,} digits of --data {source}")
+    try:
+        data.check_batch_size(len(images), config.batch_size)
+    except data.DataError as error:
+        fail(f"--batch-size with --data {source}: {error}")
     chief = loop.is_chief(strategy)
     try:
         if chief:  # the other workers of a cluster write nothing to --out

@@ -143,6 +143,12 @@ def check_digits(
     return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
 
 
+def check_batch_size(count: int, batch_size: int) -> None:
+    """Raises `DataError` unless `count` digits fill one batch of `batch_size` (`make_dataset` drops a short one)."""
+    if count < batch_size:
+        raise DataError(f"Batch size {batch_size} needs at least {batch_size} digits, but the data holds {count}.")
+
+
 def make_dataset(
     images,
     labels,
@@ -174,10 +180,7 @@ def make_dataset(
     images, labels = check_digits(images, labels, image_shape, num_classes)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
-    if len(images) < batch_size:
-        raise DataError(
-            f"Batch size {batch_size} needs at least {batch_size} digits, but the data holds {len(images)}."
-        )
+    check_batch_size(len(images), batch_size)
     images, labels = tf.constant(images), tf.constant(labels)
     # Shuffling indices and gathering whole batches costs one op per batch rather than
     # one per digit, and keeps the images out of a shuffle buffer.
