@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cgan_keras.artifacts import ArtifactWriteError, atomic_path, remove_partial
+from cgan_keras.artifacts import ArtifactWriteError, atomic_path, first_line, remove_partial
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
@@ -55,3 +55,8 @@ def test_remove_partial_clears_what_a_killed_write_left(tmp_path):
     (tmp_path / "generator").mkdir()
     assert len(remove_partial(tmp_path)) == 2
     assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == ["generator", "samples"]
+
+
+def test_first_line_of_an_error_is_its_first_line_or_its_type():
+    assert first_line(OSError("Cannot parse file\nmore detail")) == "Cannot parse file"
+    assert first_line(ValueError("")) == "ValueError"  # an empty message still says something
