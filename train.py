@@ -107,6 +107,7 @@ def main(argv=None):
     try:
         if _writes_out(config):
             lock.acquire()
+            atexit.register(lock.release)  # which removes an --out it made if the run failed before writing there
     except run_lock.RunDirectoryBusy as error:
         fail(str(error))
     except OSError as error:

@@ -3,10 +3,13 @@
 `train.py` takes it before anything touches the directory and holds it until
 the process ends. It is an `fcntl.flock` on `--out/.lock`, which the operating
 system releases when its holder dies in any way (`kill -9` included), so a
-lock is never stale. The file itself stays: deleting it would let a second
-run lock a new file while a third still holds the old one.
+lock is never stale. The file stays once the run has written anything; the
+directories the lock created go again, lock file and all, when it is released
+with nothing else in them (a run that failed on its data before writing), so
+a mistake leaves no empty run directory behind.
 """
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -37,6 +40,7 @@ class RunLock:
     def __init__(self, directory):
         self.path = Path(directory) / LOCK_NAME
         self._file = None
+        self._created = []  # the directories `acquire` made, innermost first
 
     def acquire(self):
         """Takes the lock at once, or raises.
@@ -48,30 +52,55 @@ class RunLock:
         directory = self.path.parent
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
-        directory.mkdir(parents=True, exist_ok=True)
-        lock_file = open(self.path, "a+")  # held open for as long as the lock
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.seek(0)
-            holder = lock_file.read().strip() or "unknown"
-            lock_file.close()
-            raise RunDirectoryBusy(
-                f"--out {directory} is in use by another run (pid {holder}); wait for it to end or choose another --out"
-            ) from None
-        lock_file.truncate(0)
-        lock_file.write(f"{os.getpid()}\n")
-        lock_file.flush()
-        self._file = lock_file
+        while self._file is None:
+            self._created = [path for path in (directory, *directory.parents) if not path.exists()]
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                lock_file = open(self.path, "a+")  # held open for as long as the lock
+            except FileNotFoundError:  # the directory went between the two lines: its last holder removed it
+                continue
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_file.seek(0)
+                holder = lock_file.read().strip() or "unknown"
+                lock_file.close()
+                raise RunDirectoryBusy(
+                    f"--out {directory} is in use by another run (pid {holder}); "
+                    "wait for it to end or choose another --out"
+                ) from None
+            if not _is_at(lock_file, self.path):  # its holder released it and removed it meanwhile: start again
+                lock_file.close()
+                continue
+            lock_file.truncate(0)
+            lock_file.write(f"{os.getpid()}\n")
+            lock_file.flush()
+            self._file = lock_file
         return self
 
     def release(self):
-        if self._file is not None:
-            self._file.close()  # closing the last descriptor releases the flock
-            self._file = None
+        """Frees the lock; the directories it created go too if nothing but the lock file was written in them."""
+        if self._file is None:
+            return
+        if self._created and [path.name for path in self.path.parent.iterdir()] == [LOCK_NAME]:
+            # Unlinked while still locked: a run that opened this file meanwhile sees it gone and starts again.
+            self.path.unlink()
+            with contextlib.suppress(OSError):  # a directory someone else wrote in stays
+                for directory in self._created:
+                    directory.rmdir()
+        self._file.close()  # closing the last descriptor releases the flock
+        self._file = None
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exception):
         self.release()
+
+
+def _is_at(file, path):
+    """Whether the open `file` is still the file at `path` (not unlinked or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(file.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False

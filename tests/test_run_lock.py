@@ -1,8 +1,10 @@
+import fcntl
 import os
 
 import pytest
 from support import hold_lock
 
+from cgan_keras import run_lock
 from cgan_keras.run_lock import LOCK_NAME, RunDirectoryBusy, RunLock
 
 
@@ -30,3 +32,28 @@ def test_an_out_under_a_file_is_an_os_error(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(NotADirectoryError):
         RunLock(tmp_path / "a_file").acquire()
+
+
+def test_the_directories_a_lock_made_go_with_it_when_nothing_else_was_written(tmp_path):
+    with RunLock(tmp_path / "runs" / "new"):
+        assert (tmp_path / "runs" / "new" / LOCK_NAME).exists()
+    assert list(tmp_path.iterdir()) == []
+    with RunLock(tmp_path / "runs" / "new"):
+        (tmp_path / "runs" / "new" / "config.json").write_text("{}")
+    assert sorted(path.name for path in (tmp_path / "runs" / "new").iterdir()) == [LOCK_NAME, "config.json"]
+
+
+def test_a_lock_whose_file_its_holder_removed_meanwhile_starts_again(tmp_path, monkeypatch):
+    holder = RunLock(tmp_path / "run").acquire()
+    real_flock = fcntl.flock
+
+    def flock_after_the_holder_left(file, operation):
+        holder.release()  # between the second lock's open and its flock: the file it opened is unlinked
+        monkeypatch.setattr(run_lock.fcntl, "flock", real_flock)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", flock_after_the_holder_left)
+    with RunLock(tmp_path / "run") as lock:
+        assert os.path.samestat(os.fstat(lock._file.fileno()), os.stat(tmp_path / "run" / LOCK_NAME))
+        with pytest.raises(RunDirectoryBusy):
+            RunLock(tmp_path / "run").acquire()
