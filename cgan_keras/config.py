@@ -158,6 +158,8 @@ class TrainConfig:
             raise ValueError(
                 f"`cpu_replicas` must be at most {MAX_CPU_REPLICAS}. Received: cpu_replicas={self.cpu_replicas}"
             )
+        if not isinstance(self.out, str) or not self.out.strip():
+            raise ValueError(f"`out` must name a directory. Received: out={self.out!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={self.ema_decay}")
         if not 0 <= self.label_smoothing < 1:

@@ -244,6 +244,15 @@ def test_infer_rejects_bad_interpolation_and_truncation_values(capsys, args, mes
     assert message in line
 
 
+def test_train_names_its_flags_in_setting_errors(capsys):
+    train = import_script("train.py")
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--out", ""])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--out must name a directory. Received: --out ''" in line
+
+
 def test_infer_truncation_reaches_the_noise(trained_run, capsys):
     infer = import_script("infer.py")
     work, _ = trained_run
