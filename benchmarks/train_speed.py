@@ -277,8 +277,8 @@ def run_row_in_child(name, batch_size, args):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         row = subprocess.run([*command, "--row-result", str(result_path)], capture_output=True, text=True)
         if row.returncode or not result_path.exists():
-            last_line = next((line for line in reversed(row.stderr.splitlines()) if line.strip()), "no output")
-            raise RuntimeError(f"the row's process exited with code {row.returncode}: {last_line.strip()}")
+            last_line = timing_process.last_line(row.stderr)
+            raise RuntimeError(f"the row's process exited with code {row.returncode}: {last_line}")
         return tuple(json.loads(result_path.read_text()))
 
 

@@ -212,9 +212,8 @@ class TimingProcess:
         if not line:  # it has ended, or is ending: its stderr says why
             with contextlib.suppress(subprocess.TimeoutExpired):  # a stuck exit is reported, not waited for
                 self._process.wait(timeout=10)
-            lines = (self._directory / "stderr").read_text(errors="replace").splitlines()
-            last_line = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
-            raise TimingFailed(f"the timing process exited with code {self._process.returncode}: {last_line}")
+            stderr = (self._directory / "stderr").read_text(errors="replace")
+            raise TimingFailed(f"the timing process exited with code {self._process.returncode}: {last_line(stderr)}")
         try:
             message = json.loads(line)
         except ValueError:
@@ -272,6 +271,11 @@ def main(directory):
         send(seconds=speed.time_steps(gan, dataset, *arguments))
     except tf.errors.OpError as error:
         send(error=type(error).__name__)
+
+
+def last_line(output):
+    """The last line of a process's output that is not blank, stripped (its error, usually), or "no output"."""
+    return next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
 
 
 if __name__ == "__main__":
