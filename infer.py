@@ -31,7 +31,7 @@ import numpy as np
 os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
 
 from cgan_keras import cli
-from cgan_keras.artifacts import atomic_path
+from cgan_keras.artifacts import atomic_path, first_line
 from cgan_keras.grids import save_grid
 from cgan_keras.sampler import MIN_TRUNCATION, DigitSampler, OnnxModelError
 
@@ -165,11 +165,8 @@ def interpolate(sampler, args):
     print(f"wrote {args.out} ({args.count} rows of {args.frames} frames)" + (f" and {args.npy}" if args.npy else ""))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    sampler = load_sampler(args.model)
-    if args.interpolate:
-        return interpolate(sampler, args)
+def draw_digits(sampler, args):
+    """Writes the grid of `--digit` (the first 100 images, or `--count` of each digit) and, if asked, the `.npy`."""
     digits = np.repeat(args.digits, args.count)
     shown = np.zeros(len(digits), dtype=bool)
     if args.digit == "all":
@@ -184,6 +181,15 @@ def main(argv=None):
     except OSError as error:
         fail(f"cannot write {error.filename}: {error.strerror}")
     print(f"wrote {args.out} ({shown.sum()} of {len(digits)} digits shown)" + (f" and {args.npy}" if args.npy else ""))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sampler = load_sampler(args.model)
+    try:
+        (interpolate if args.interpolate else draw_digits)(sampler, args)
+    except MemoryError as error:
+        fail(f"--count {args.count} is more than this machine holds: {first_line(error)}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ os.environ.setdefault("CGAN_KERAS_DEFER_TENSORFLOW", "1")
 
 from cgan_keras import cli, run_lock, timing_process
 from cgan_keras import config as config_module
+from cgan_keras.artifacts import first_line
 
 fail = functools.partial(cli.fail, "train.py")
 
@@ -73,6 +74,12 @@ def _in_flags(message):
     names = "|".join(field.name for field in dataclasses.fields(config_module.TrainConfig))
     message = re.sub(rf"`({names})`", lambda match: config_module.flag(match[1]), message)
     return re.sub(rf"\b({names})=", lambda match: config_module.flag(match[1]) + " ", message)
+
+
+def _oom_detail(error):
+    """What could not be allocated, from TensorFlow's one-line OOM message (or Python's MemoryError)."""
+    found = re.search(r"OOM when allocating tensor with shape\[[^\]]*\]", str(error))
+    return found[0] if found else first_line(error)
 
 
 def _show(value):
@@ -118,8 +125,10 @@ def main(argv=None):
         atexit.register(xla_timing.close)  # `training.run` closes it; this, on an early exit
     # Imported after the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow("train.py")
+    import tensorflow as tf
+
     from cgan_keras import data, distribute, loop, speed, training
-    from cgan_keras.artifacts import ArtifactWriteError, first_line
+    from cgan_keras.artifacts import ArtifactWriteError
     from cgan_keras.callbacks import CheckpointError, TrainingDiverged, global_step
     from cgan_keras.metrics import judge as judges
     from cgan_keras.metrics import report
@@ -186,6 +195,8 @@ def main(argv=None):
         sys.exit(1)
     except CheckpointError as error:
         fail(f"--resume: {error}")
+    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        fail(f"out of memory ({_oom_detail(error)}); lower --batch-size, --latent-dim or the filter widths")
     except loop.WorkerLost as error:
         print(
             f"train.py: error: {error}; the last checkpoint is in {config.out}/; restart every worker with --resume",

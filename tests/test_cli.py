@@ -253,6 +253,19 @@ def test_train_names_its_flags_in_setting_errors(capsys):
     assert "--out must name a directory. Received: --out ''" in line
 
 
+def test_train_names_what_did_not_fit_in_memory():
+    train = import_script("train.py")
+    # TensorFlow's message for `--latent-dim 1000000000` (2026-12-07); it comes after 10 s of allocator retries.
+    message = (
+        "{{function_node __wrapped__StatelessRandomUniformV2_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+        "OOM when allocating tensor with shape[7,7,80,1000000010] and type float on "
+        "/job:localhost/replica:0/task:0/device:CPU:0 by allocator mklcpu [Op:StatelessRandomUniformV2] name: "
+    )
+    oom = tf.errors.ResourceExhaustedError(None, None, message)
+    assert train._oom_detail(oom) == "OOM when allocating tensor with shape[7,7,80,1000000010]"
+    assert train._oom_detail(MemoryError()) == "MemoryError"
+
+
 def test_infer_truncation_reaches_the_noise(trained_run, capsys):
     infer = import_script("infer.py")
     work, _ = trained_run
@@ -455,6 +468,20 @@ def test_infer_streams_a_large_count_and_shows_the_first_hundred(trained_run):
     assert "100 of 2500 digits shown" in result.stdout
     images = np.load(work / "many.npy", mmap_mode="r")
     assert images.shape == (2500, 28, 28, 1) and 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("what", [["--digit", "5"], ["--interpolate", "3", "8"]])
+def test_infer_refuses_a_count_beyond_the_machine_in_one_line_and_writes_nothing(trained_run, capsys, what):
+    work, _ = trained_run
+    infer = import_script("infer.py")
+    count = str(10**15)  # more than a 64-bit address space holds, whatever the machine's overcommit
+    flags = ["--model", str(work / "run" / "generator.onnx"), *what, "--count", count, "--out", str(work / "huge.png")]
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(flags)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"infer.py: error: --count {count} is more than this machine holds: Unable to allocate")
+    assert not (work / "huge.png").exists()
 
 
 def test_infer_rejects_a_saved_model_of_something_else(trained_run):
