@@ -9,6 +9,13 @@ callbacks as `fit` does (`on_train_begin`, epochs of `steps_per_epoch` steps,
 the epoch's mean logs at `on_epoch_end`), so the run's callbacks and the
 global step numbering are the same as on one machine.
 
+A stop asked for on one worker (a signal, a callback's `stop_training`) must
+end every worker's loop at the same step, or the others would wait for it in
+their next collective until TensorFlow gives up on it. So each step carries
+every worker's vote, reduced with its logs at no extra collective, and all of
+them stop after the first step whose votes are not all 0: on every worker,
+one step after the one at which the stop was asked for.
+
 Example:
 
 >>> strategy = tf.distribute.MultiWorkerMirroredStrategy()  # TF_CONFIG names the workers
@@ -17,6 +24,7 @@ Example:
 >>> loop.fit(initial_epoch=0, epochs=10, steps_per_epoch=100, callbacks=[HistoryCSV("history.csv")])
 """
 
+import contextlib
 import hashlib
 
 import keras
@@ -31,6 +39,9 @@ from cgan_keras.callbacks import global_step
 # unreachable: TensorFlow's coordination service stops receiving its
 # heartbeats (after about 10 s) and aborts every pending collective.
 _PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+
+
+_STOP_VOTE = "stop_vote"  # the key of the workers' stop vote among a step's logs
 
 
 class WorkerLost(RuntimeError):
@@ -82,13 +93,21 @@ class DistributedLoop:
         self._dataset = strategy.distribute_datasets_from_function(shard)
         self._step = tf.function(self._distributed_step)
         self._steps_of_every_replica = tf.function(self._gather_steps)
+        self._mean_of_every_replica = tf.function(self._mean)
+        self.stopped = False
 
-    def _distributed_step(self, iterator):
+    def _distributed_step(self, iterator, stop_vote):
         # Each replica's logs are its own epoch means; the replicas see equal
         # batches, so their mean is the global epoch mean. Metric variables are
         # never read outside a step: that read is a collective op of its own.
-        logs = self.strategy.run(self.gan.train_step, (next(iterator),))
+        def step(batch):
+            return {**self.gan.train_step(batch), _STOP_VOTE: stop_vote}
+
+        logs = self.strategy.run(step, (next(iterator),))
         return {name: self.strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
+
+    def _mean(self, values):
+        return self.strategy.reduce("MEAN", self.strategy.run(lambda: tf.identity(values)), axis=None)
 
     def _gather_steps(self):
         iterations = self.gan.optimizer.iterations
@@ -105,6 +124,8 @@ class DistributedLoop:
             callbacks: Keras callbacks; `model.stop_training` ends the epoch early.
             verbose: 0 is silent, 1 a progress bar, 2 one line per epoch.
 
+        Afterwards `stopped` says whether a worker asked to stop, the same on every worker.
+
         Raises:
             WorkerLost: another worker stopped, or the workers restored different steps.
         """
@@ -116,12 +137,27 @@ class DistributedLoop:
             steps=steps_per_epoch,
             model=self.gan,
         )
-        try:
+        with self._peers_lost_as_worker_lost():
             # Only where there are workers: in one process, a gather of this
             # strategy can collide with the collective keys of another strategy's.
             if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
                 self._check_workers_agree()
             self._fit(initial_epoch, epochs, steps_per_epoch, callbacks)
+
+    def any_worker(self, flags):
+        """Whether any worker raised each of `flags` (booleans, the same number on every worker); a collective.
+
+        Raises:
+            WorkerLost: another worker stopped.
+        """
+        with self._peers_lost_as_worker_lost():
+            means = self._mean_of_every_replica(tf.constant([float(flag) for flag in flags]))
+        return [bool(mean > 0) for mean in means.numpy()]
+
+    @contextlib.contextmanager
+    def _peers_lost_as_worker_lost(self):
+        try:
+            yield
         except _PEER_ERRORS as error:
             # Resetting the metrics is a collective op too, so any of them can be where it shows.
             raise WorkerLost(
@@ -129,7 +165,8 @@ class DistributedLoop:
             ) from error
 
     def _fit(self, initial_epoch, epochs, steps_per_epoch, callbacks):
-        self.gan.stop_training = False
+        self.gan.stop_training = self.stopped = False
+        asked = False  # whether this worker asked to stop, by a signal or a callback
         iterator = iter(self._dataset)
         callbacks.on_train_begin()
         epoch_logs = None
@@ -139,15 +176,20 @@ class DistributedLoop:
             logs = {}
             for batch in range(steps_per_epoch):
                 callbacks.on_train_batch_begin(batch)
-                logs = {name: float(value) for name, value in self._step(iterator).items()}
+                logs = {name: float(value) for name, value in self._step(iterator, tf.constant(float(asked))).items()}
+                self.stopped = logs.pop(_STOP_VOTE) > 0
                 callbacks.on_train_batch_end(batch, logs)
-                if self.gan.stop_training:
+                asked = asked or self.gan.stop_training
+                if self.stopped:
                     break
             epoch_logs = dict(logs)
             callbacks.on_epoch_end(epoch, epoch_logs)
-            if self.gan.stop_training:
+            asked = asked or self.gan.stop_training
+            if self.stopped:
                 break
         callbacks.on_train_end(logs=epoch_logs)
+        # A stop asked for after the call's last step had no step left to carry it.
+        (self.stopped,) = self.any_worker([asked or self.stopped])
 
     def _check_workers_agree(self):
         # A worker that could not read the chief's checkpoint would start from

@@ -181,10 +181,12 @@ class Interrupted(Exception):
 
     `saved_here` says whether this process wrote them to `config.out`: false on
     the workers of a multi-worker run other than the chief, which writes them.
+    `here` is false on the workers of a multi-worker run that the signal did not
+    reach: they stopped with the one it did.
     """
 
-    def __init__(self, signum, saved_here=True):
-        super().__init__(f"stopped by {signum.name}")
+    def __init__(self, signum, saved_here=True, here=True):
+        super().__init__(f"stopped by {signum.name}" + ("" if here else " (sent to another worker)"))
         self.signum = signum
         self.saved_here = saved_here
 
@@ -276,7 +278,8 @@ def run(
     elif resume:  # e.g. a run killed before its first checkpoint, or a mistyped --out
         log(f"--resume: no checkpoint in {out / 'checkpoints'}; training from step 0")
     if multiworker:
-        fit = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed).fit
+        distributed = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed)
+        fit = distributed.fit
     else:
         dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
         fit = functools.partial(gan.fit, dataset, shuffle=False)  # make_dataset shuffles with the run's seed
@@ -299,7 +302,8 @@ def run(
             fit_callbacks = [DivergenceGuard(), checkpoint, stop]
         for initial_epoch, epochs, steps_per_epoch in _epochs_to_run(done, config.steps, config.log_every):
             # `fit` clears `stop_training` when it starts: a callback's stop must end the run here too.
-            if stop.received or gan.stop_training:
+            # With several workers, only a stop they all agreed to: a signal may reach one in between.
+            if distributed.stopped if multiworker else stop.received or gan.stop_training:
                 break
             fit(
                 initial_epoch=initial_epoch,
@@ -308,6 +312,10 @@ def run(
                 callbacks=fit_callbacks,
                 verbose=verbose if chief else 0,
             )
+        sent_to_any = None  # the signal that stopped every worker, if one did
+        if multiworker:  # a signal to one worker stopped them all: each says so, and exits as that one does
+            sent = distributed.any_worker([stop.received == signum for signum in stop.signals])
+            sent_to_any = stop.signals[sent.index(True)] if any(sent) else None
         export.export_generator(gan, out / "generator")
         export.export_serving(out / "generator", out / "serving" / "cgan")
         export.export_onnx(gan, out / "generator.onnx")
@@ -315,8 +323,8 @@ def run(
         export.save_model(gan, out / "gan.keras")
         if (out / "history.csv").exists():  # not before the first --log-every steps
             plot.save_run_pictures(out)
-        if stop.received:
-            raise Interrupted(stop.received, saved_here=chief)
+        if stop.received or sent_to_any:
+            raise Interrupted(stop.received or sent_to_any, saved_here=chief, here=stop.received is not None)
         results = None
         if judge is not None and chief:
             results = report.evaluate_and_save(

@@ -460,6 +460,22 @@ def test_a_killed_worker_stops_its_peer_and_both_resume(trained_run):
     assert (work / "killed_workers" / "samples" / "step_000040.png").exists()
 
 
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(trained_run):
+    work, _ = trained_run
+    args = [*TINY_TRAIN, "--steps", "5000", "--log-every", "10", "--sample-every", "10", "--out", "stopped_workers"]
+    chief, other = start_workers(*args, cwd=work)
+    wait_for(work / "stopped_workers" / "samples" / "step_000010.png", chief, timeout=300)
+    other.send_signal(signal.SIGTERM)
+    (_, chief_out, chief_err), (_, other_out, other_err) = finish([chief, other], timeout=120)
+    assert (chief.returncode, other.returncode) == (143, 143), chief_err + other_err
+    assert "train.py: stopped by SIGTERM (sent to another worker); checkpoint and generator saved in" in chief_out
+    assert "train.py: stopped by SIGTERM; checkpoint and generator saved by the chief (worker 0)" in other_out
+    assert "lost contact" not in chief_err + other_err
+    newest = max((work / "stopped_workers" / "checkpoints").glob("step_*.keras"))  # the step they stopped at
+    assert 10 <= int(newest.stem.removeprefix("step_")) < 5000
+    assert (work / "stopped_workers" / "generator" / "saved_model.pb").exists()
+
+
 def test_infer_streams_a_large_count_and_shows_the_first_hundred(trained_run):
     work, _ = trained_run
     model = str(work / "run" / "generator")

@@ -58,15 +58,30 @@ def test_the_loop_trains_and_calls_back_as_fit_does(digits):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=2e-5, err_msg=actual.path)
 
 
-def test_stop_training_ends_the_epoch_after_that_step(digits):
+def test_a_stop_ends_every_replica_one_step_later_with_the_step_that_carries_it(digits):
     class StopAtStep3(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            self.model.stop_training = global_step(self.model) == 3
+            self.model.stop_training = global_step(self.model) == 3  # asked for once, not again at step 4
 
-    gan, recorder = training.build_gan(TINY), Recorder()
-    distributed = loop.DistributedLoop(gan, tf.distribute.get_strategy(), *digits, 16, 0)
+    mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
+    gan, recorder = training.build_gan(TINY, mirrored), Recorder()
+    distributed = loop.DistributedLoop(gan, mirrored, *digits, 16, 0)
     distributed.fit(initial_epoch=0, epochs=5, steps_per_epoch=2, callbacks=[StopAtStep3(), recorder], verbose=0)
-    assert recorder.calls[-1] == ("epoch_end", 1, 3)
+    assert recorder.calls[-1] == ("epoch_end", 1, 4) and distributed.stopped
+
+
+def test_a_stop_asked_for_after_the_last_step_is_agreed_at_the_end(digits):
+    class StopAtEpochEnd(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    gan = training.build_gan(TINY)
+    distributed = loop.DistributedLoop(gan, tf.distribute.get_strategy(), *digits, 16, 0)
+    distributed.fit(initial_epoch=0, epochs=1, steps_per_epoch=2, callbacks=[StopAtEpochEnd()], verbose=0)
+    assert distributed.stopped and global_step(gan) == 2
+    distributed.fit(initial_epoch=1, epochs=2, steps_per_epoch=2, verbose=0)
+    assert not distributed.stopped and global_step(gan) == 4
+    assert distributed.any_worker([False, True, False]) == [False, True, False]
 
 
 def test_workers_in_sync_have_the_same_digest():
