@@ -158,6 +158,7 @@ def make_dataset(
     repeat: bool = True,
     image_shape: tuple[int, ...] = IMAGE_SHAPE,
     num_classes: int = NUM_CLASSES,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Checks digits once and streams them as `(images, labels)` batches, reshuffled on every pass.
 
@@ -173,6 +174,9 @@ def make_dataset(
         shuffle: `False` streams the digits in their stored order.
         repeat: stream forever; `False` makes one pass.
         image_shape, num_classes: what a digit is.
+        skip_batches: batches of the stream to leave out at its start: a run
+            resumed after `n` steps passes `n` and goes on with the batches it
+            would have had (a new iterator starts the stream again).
 
     Returns:
         A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches.
@@ -190,7 +194,8 @@ def make_dataset(
     if repeat:
         indices = indices.repeat()
     return (
-        indices.batch(batch_size, drop_remainder=True)
+        indices.skip(skip_batches * batch_size)  # indices, not batches: skipping costs no gathers
+        .batch(batch_size, drop_remainder=True)
         .map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -335,12 +335,27 @@ class ConditionalGAN(keras.Model):
             config[network] = keras.saving.serialize_keras_object(getattr(self, network))
         return config
 
+    def save_own_variables(self, store):
+        # Keras saves a layer's seed generators nowhere: without this, a model loaded
+        # from a checkpoint would draw step 1's noise and digits again.
+        super().save_own_variables(store)
+        store[_STEP_SEED_STATE] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        own = {key: store[key] for key in store.keys() if key != _STEP_SEED_STATE}
+        super().load_own_variables(own)
+        if _STEP_SEED_STATE in store.keys():  # absent from files saved before it was saved
+            self.seed_generator.state.assign(store[_STEP_SEED_STATE])
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
+
+
+_STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
 
 
 def _update_discriminator(

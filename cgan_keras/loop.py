@@ -12,7 +12,7 @@ global step numbering are the same as on one machine.
 A stop asked for on one worker (a signal, a callback's `stop_training`) must
 end every worker's loop at the same step, or the others would wait for it in
 their next collective until TensorFlow gives up on it. So each step carries
-every worker's vote, reduced with its logs at no extra collective, and all of
+every worker's vote, reduced with its logs inside the step (no extra round trip), and all of
 them stop after the first step whose votes are not all 0: on every worker,
 one step after the one at which the stop was asked for.
 
@@ -85,12 +85,7 @@ class DistributedLoop:
     def __init__(self, gan, strategy, images, labels, batch_size, seed):
         self.gan = gan
         self.strategy = strategy
-
-        def shard(context):
-            batches = data.make_dataset(images, labels, context.get_per_replica_batch_size(batch_size), seed=seed)
-            return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
-
-        self._dataset = strategy.distribute_datasets_from_function(shard)
+        self._digits = (images, labels, batch_size, seed)
         self._step = tf.function(self._distributed_step)
         self._steps_of_every_replica = tf.function(self._gather_steps)
         self._mean_of_every_replica = tf.function(self._mean)
@@ -106,6 +101,19 @@ class DistributedLoop:
         logs = self.strategy.run(step, (next(iterator),))
         return {name: self.strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
 
+    def _dataset(self):
+        """The distributed batches from the global step reached on: every step uses one per replica."""
+        images, labels, batch_size, seed = self._digits
+        steps_done = global_step(self.gan)
+
+        def shard(context):
+            per_replica = context.get_per_replica_batch_size(batch_size)
+            skipped = steps_done * context.num_replicas_in_sync
+            batches = data.make_dataset(images, labels, per_replica, seed=seed, skip_batches=skipped)
+            return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
+
+        return self.strategy.distribute_datasets_from_function(shard)
+
     def _mean(self, values):
         return self.strategy.reduce("MEAN", self.strategy.run(lambda: tf.identity(values)), axis=None)
 
@@ -116,8 +124,9 @@ class DistributedLoop:
     def fit(self, initial_epoch, epochs, steps_per_epoch, callbacks=(), verbose=1):
         """Runs epochs `initial_epoch..epochs-1` of `steps_per_epoch` steps, calling `callbacks` as `fit` does.
 
-        Every worker must call it with the same arguments. A new pass over
-        the shards starts at each call, as `fit` starts a new iterator.
+        Every worker must call it with the same arguments. Each call goes on
+        with the batches from the global step reached, so the digits seen do
+        not depend on how training was split into calls or resumed.
 
         Args:
             initial_epoch, epochs, steps_per_epoch: as `keras.Model.fit` takes them.
@@ -167,7 +176,7 @@ class DistributedLoop:
     def _fit(self, initial_epoch, epochs, steps_per_epoch, callbacks):
         self.gan.stop_training = self.stopped = False
         asked = False  # whether this worker asked to stop, by a signal or a callback
-        iterator = iter(self._dataset)
+        iterator = iter(self._dataset())
         callbacks.on_train_begin()
         epoch_logs = None
         for epoch in range(initial_epoch, epochs):

@@ -279,10 +279,14 @@ def run(
         log(f"--resume: no checkpoint in {out / 'checkpoints'}; training from step 0")
     if multiworker:
         distributed = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed)
-        fit = distributed.fit
-    else:
-        dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
-        fit = functools.partial(gan.fit, dataset, shuffle=False)  # make_dataset shuffles with the run's seed
+
+    def fit(**arguments):
+        if multiworker:
+            return distributed.fit(**arguments)
+        # Each `fit` starts a new iterator: the batches go on from the step reached, as if it had never stopped.
+        dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed, skip_batches=global_step(gan))
+        return gan.fit(dataset, shuffle=False, **arguments)  # make_dataset shuffles with the run's seed
+
     with GracefulStop() as stop, _writable_directory(out, chief) as out:
         checkpoint = RunCheckpoint(out / "checkpoints", every=config.checkpoint_every)
         evaluations = (

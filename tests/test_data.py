@@ -327,6 +327,11 @@ def test_make_dataset_reshuffles_each_pass_deterministically():
     assert take_labels(make_dataset(*tiny_digits(), batch_size=10, seed=8), 3) != passes
 
 
+def test_make_dataset_skips_batches_into_the_same_stream():
+    stream = take_labels(make_dataset(*tiny_digits(), batch_size=4, seed=7), 9)  # 3.6 passes: batches span them
+    assert take_labels(make_dataset(*tiny_digits(), batch_size=4, seed=7, skip_batches=5), 4) == stream[5:]
+
+
 def test_make_dataset_without_shuffle_keeps_order():
     assert take_labels(make_dataset(*tiny_digits(), batch_size=4, seed=0, shuffle=False), 3) == [
         [0, 1, 2, 3],

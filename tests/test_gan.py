@@ -192,6 +192,21 @@ def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits
     assert int(loaded.optimizer.iterations) == 8
 
 
+def test_a_saved_model_draws_the_noise_it_would_have_drawn_next(tmp_path, digits, monkeypatch):
+    gan = tiny_gan()
+    gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    gan.save(tmp_path / "gan.keras")
+    loaded = keras.models.load_model(tmp_path / "gan.keras")
+    np.testing.assert_array_equal(loaded.seed_generator.state, gan.seed_generator.state)
+    assert loaded.seed_generator.state.numpy().any()  # moved on from its start
+
+    # A file from before the state was saved still loads; its noise starts again.
+    monkeypatch.setattr(ConditionalGAN, "save_own_variables", keras.Model.save_own_variables)
+    gan.save(tmp_path / "old.keras")
+    monkeypatch.undo()
+    assert not keras.models.load_model(tmp_path / "old.keras").seed_generator.state.numpy().any()
+
+
 def test_weights_round_trip_restores_both_optimizers(tmp_path, digits):
     gan = tiny_gan()
     gan.fit(*digits, batch_size=16, epochs=1, verbose=0)

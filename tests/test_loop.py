@@ -58,6 +58,20 @@ def test_the_loop_trains_and_calls_back_as_fit_does(digits):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=2e-5, err_msg=actual.path)
 
 
+def test_training_split_into_calls_sees_the_batches_of_one_call(digits):
+    mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
+    trained = []
+    for calls in ([(0, 2)], [(0, 1), (1, 2)]):  # epochs (initial, end) of 3 steps each
+        keras.utils.set_random_seed(0)
+        gan = training.build_gan(TINY, mirrored)
+        distributed = loop.DistributedLoop(gan, mirrored, *digits, TINY.batch_size, TINY.seed)
+        for initial_epoch, epochs in calls:
+            distributed.fit(initial_epoch=initial_epoch, epochs=epochs, steps_per_epoch=3, verbose=0)
+        trained.append(gan)
+    for whole, split in zip(trained[0].weights, trained[1].weights, strict=True):
+        np.testing.assert_array_equal(split.numpy(), whole.numpy(), err_msg=split.path)
+
+
 def test_a_stop_ends_every_replica_one_step_later_with_the_step_that_carries_it(digits):
     class StopAtStep3(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

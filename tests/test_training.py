@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -74,6 +75,25 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, digits):
         assert [(row["epoch"], row["step"]) for row in csv.DictReader(rows)] == [("0", "4"), ("1", "8")]
     assert (run / "generator" / "saved_model.pb").exists()
     assert (run / "generator.keras").exists() and (run / "gan.keras").exists()
+
+
+@pytest.mark.parametrize("log_every, interrupted_at", [(4, 6), (3, 5)])  # (3, 5): a short last epoch, too
+def test_a_resumed_run_ends_with_the_weights_of_a_run_never_interrupted(tmp_path, digits, log_every, interrupted_at):
+    straight = eight_steps(out=str(tmp_path / "straight"), log_every=log_every, checkpoint_every=log_every)
+    training.prepare_directory(straight)
+    expected, _ = training.run(straight, *digits, verbose=0)
+
+    resumed = dataclasses.replace(straight, out=str(tmp_path / "resumed"))
+    training.prepare_directory(resumed)
+    with pytest.raises(KeyboardInterrupt):  # past the checkpoint of step `log_every`: a mid-epoch restart
+        training.run(resumed, *digits, callbacks=[AtStep(interrupted_at, interrupt)], verbose=0)
+    training.prepare_directory(resumed, resume=True)
+    actual, _ = training.run(resumed, *digits, resume=True, verbose=0)
+
+    # The same batches, the same noise, so the same weights: a restart drew step 1's noise and batches again.
+    for network in ("generator", "discriminator", "ema_generator"):
+        for want, got in zip(getattr(expected, network).weights, getattr(actual, network).weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=f"{network}: {got.path}")
 
 
 def test_a_finished_run_is_not_overwritten_by_accident(tmp_path):
