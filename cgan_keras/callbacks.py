@@ -16,6 +16,12 @@ from cgan_keras.metrics import report
 from cgan_keras.sampler import DigitSampler
 
 
+def _check_positive_integers(**arguments):
+    for name, value in arguments.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
 def global_step(model):
     """Training steps taken so far: the generator optimizer's `iterations`, as an int.
 
@@ -53,8 +59,7 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def __init__(self, directory, every=100, digits=tuple(range(9)), columns=3, seed=0, log_dir=None):
         super().__init__()
-        if every < 1:
-            raise ValueError(f"`every` must be a positive integer. Received: every={every}")
+        _check_positive_integers(every=every, columns=columns)
         self.directory = Path(directory)
         self.every = every
         self.digits = np.asarray(digits, dtype="int32")
@@ -82,10 +87,15 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._epoch_start + batch + 1
-        if self._last_step < 1 <= step or step // self.every > self._last_step // self.every:
+        if self._due(step):
+            # `batch` may overshoot: Keras numbers an epoch's short last execution as if it were whole.
             step = global_step(self.model)
-            self.write_grid(step)
+            if self._due(step):
+                self.write_grid(step)
         self._last_step = step
+
+    def _due(self, step):
+        return self._last_step < 1 <= step or step // self.every > self._last_step // self.every
 
     def write_grid(self, step):
         """Renders the fixed samples at the current weights; returns the PNG's path."""
@@ -118,6 +128,7 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def __init__(self, judge, every, per_class=1000, seed=0):
         super().__init__()
+        _check_positive_integers(every=every, per_class=per_class)
         self.judge = judge
         self.every = every
         self.per_class = per_class
@@ -177,9 +188,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory, keep=2, every=1):
         super().__init__()
-        for name, value in (("keep", keep), ("every", every)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        _check_positive_integers(keep=keep, every=every)
         self.directory = Path(directory)
         self.keep = keep
         self.every = every

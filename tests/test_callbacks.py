@@ -37,6 +37,26 @@ def test_steps_per_execution_does_not_skip_a_multiple(tmp_path, digits):
     ]
 
 
+def test_an_epochs_short_last_execution_adds_no_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(-1, 1, (160, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 160)
+    gan = tiny_gan(steps_per_execution=3)
+    callback = SampleGridCallback(tmp_path, every=4)
+    # 10 batches an epoch: Keras reports its last execution (step 10 alone) as batch 11, as if step 12 were done.
+    gan.fit(images, labels, batch_size=16, epochs=2, callbacks=[callback], verbose=0)
+    assert int(gan.optimizer.iterations) == 20
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == [
+        "step_000003.png", "step_000006.png", "step_000009.png", "step_000013.png", "step_000016.png",
+        "step_000020.png"]  # fmt: skip
+
+
+@pytest.mark.parametrize("arguments", [dict(every=0), dict(every=2.5), dict(columns=0), dict(every=True)])
+def test_grid_settings_that_cannot_work_are_refused(tmp_path, arguments):
+    name, value = next(iter(arguments.items()))
+    with pytest.raises(ValueError, match=rf"`{name}` must be a positive integer. Received: {name}={value}"):
+        SampleGridCallback(tmp_path, **arguments)
+
+
 def test_the_grid_shows_the_same_fixed_samples_each_time(tmp_path):
     gan = tiny_gan()
     callback = SampleGridCallback(tmp_path, every=1)
