@@ -14,6 +14,7 @@ real_images, digits = next(iter(dataset))  # (64, 28, 28, 1) float32, (64,) int3
 """
 
 import math
+import numbers
 import os
 import socket
 import tempfile
@@ -182,8 +183,9 @@ def make_dataset(
         A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches.
     """
     images, labels = check_digits(images, labels, image_shape, num_classes)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
+    batch_size = int(batch_size)  # numpy's integers too
     check_batch_size(len(images), batch_size)
     images, labels = tf.constant(images), tf.constant(labels)
     # Shuffling indices and gathering whole batches costs one op per batch rather than
@@ -206,8 +208,12 @@ def standardize_dataset(
 ) -> tf.data.Dataset:
     """Checks a dataset of `(images, labels)` batches and casts it to float32 images and int32 labels `(N,)`.
 
-    Labels may be class indices `(N,)` or one-hot `(N, num_classes)`. A
-    dataset already in that layout (such as `make_dataset`'s) is returned as it is.
+    Labels may be class indices `(N,)` or one-hot `(N, num_classes)`. The
+    batches' shapes and dtypes are checked (integer pixels, as `tfds` gives
+    them, are refused: the images must be scaled to [-1, 1] first), not their
+    values: reading a batch here would move a reshuffling dataset on to its
+    next order. The batches are used as they come, a short last one included.
+    A dataset already in that layout (such as `make_dataset`'s) is returned as it is.
     """
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
@@ -219,6 +225,10 @@ def standardize_dataset(
             f"Expected batches of images (N, {', '.join(map(str, image_shape))}) and labels (N,) or "
             f"(N, {num_classes}). Received: element_spec={spec}"
         )
+    if not image_spec.dtype.is_floating:
+        raise ValueError(f"Expected float images in [-1, 1] ({_SCALE_HINT}). Received: images of {image_spec.dtype}")
+    if not (one_hot_labels or label_spec.dtype.is_integer):
+        raise ValueError(f"Expected integer class indices or one-hot labels. Received: labels of {label_spec.dtype}")
     if image_spec.dtype == tf.float32 and label_spec.dtype == tf.int32 and not one_hot_labels:
         return dataset
 

@@ -33,5 +33,6 @@ def update(average, network, step, decay):
     """
     step = ops.cast(step, "float32")
     ramped = ops.minimum(decay, (1.0 + step) / (10.0 + step))
-    for averaged, weight in zip(average.trainable_variables, network.trainable_variables, strict=True):
-        averaged.assign(ramped * averaged + (1.0 - ramped) * ops.cast(weight, averaged.dtype))
+    for averaged, weight in zip(average.weights, network.weights, strict=True):
+        if weight.trainable:  # a frozen network (`trainable = False`) keeps its average as it is
+            averaged.assign(ramped * averaged + (1.0 - ramped) * ops.cast(weight, averaged.dtype))

@@ -159,6 +159,17 @@ class ConditionalGAN(keras.Model):
         """
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1). Received: label_smoothing={label_smoothing}")
+        not_taken = sorted({"optimizer", "metrics", "weighted_metrics", "loss_weights"} & kwargs.keys())
+        if not_taken:
+            raise ValueError(
+                "ConditionalGAN.compile takes `generator_optimizer` and `discriminator_optimizer`, and its "
+                f"metrics are fixed (`model.metrics`). Received: {', '.join(not_taken)}"
+            )
+        if generator_optimizer is not None and generator_optimizer is discriminator_optimizer:
+            raise ValueError(
+                "`generator_optimizer` and `discriminator_optimizer` must be two optimizers: each keeps the "
+                "state of its own network's variables. Received: the same object twice"
+            )
         recipe = TrainConfig()
         r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
         r1_every = recipe.r1_every if r1_every is None else r1_every
@@ -183,10 +194,10 @@ class ConditionalGAN(keras.Model):
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
         self.r1_gamma, self.r1_every, self.r1_interval = r1_gamma, r1_every, r1_interval
-        self.loss_fn = keras.losses.get(loss or keras.losses.Hinge())
+        self.loss_fn = _logit_loss("loss", loss or keras.losses.Hinge())
         if generator_loss is None:
             generator_loss = losses.LinearLoss() if isinstance(self.loss_fn, keras.losses.Hinge) else self.loss_fn
-        self.generator_loss_fn = keras.losses.get(generator_loss)
+        self.generator_loss_fn = _logit_loss("generator_loss", generator_loss)
         # Built now, not lazily in the first step, so that load_weights and
         # BackupAndRestore find every optimizer variable to restore.
         self.generator_optimizer.build(self.generator.trainable_variables)
@@ -204,6 +215,8 @@ class ConditionalGAN(keras.Model):
         )
 
     def get_compile_config(self):
+        if not self.compiled:  # saved before `compile`, or loaded with `compile=False`
+            return None
         return {name: keras.saving.serialize_keras_object(value) for name, value in self._compile_arguments.items()}
 
     def compile_from_config(self, config):
@@ -353,6 +366,23 @@ class ConditionalGAN(keras.Model):
         for network in ("generator", "discriminator"):
             config[network] = keras.saving.deserialize_keras_object(config[network])
         return cls(**config)
+
+
+def _logit_loss(name, loss):
+    """`keras.losses.get(loss)`, if it is a `keras.losses.Loss` object that reads logits; else a `ValueError`."""
+    resolved = keras.losses.get(loss)
+    if not isinstance(resolved, keras.losses.Loss):
+        # A function such as `keras.losses.hinge` (what the string "hinge" gives) returns one loss per digit.
+        raise ValueError(
+            f"`{name}` must be a keras.losses.Loss object, e.g. keras.losses.Hinge(): a loss function is not "
+            f"averaged over the batch. Received: {name}={loss!r}"
+        )
+    if getattr(resolved, "from_logits", True) is False:
+        raise ValueError(
+            f"`{name}` reads the discriminator's logits, so it needs from_logits=True. "
+            f"Received: {name}={type(resolved).__name__}(from_logits=False)"
+        )
+    return resolved
 
 
 _STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables

@@ -340,6 +340,13 @@ def test_make_dataset_without_shuffle_keeps_order():
     ]
 
 
+def test_make_dataset_takes_numpy_integers_and_refuses_other_batch_sizes():
+    assert make_dataset(*tiny_digits(), batch_size=np.int64(4), seed=0).element_spec[1].shape == (4,)
+    for batch_size in (True, 4.0, 0):
+        with pytest.raises(ValueError, match=f"a positive integer batch_size. Received: batch_size={batch_size}"):
+            make_dataset(*tiny_digits(), batch_size=batch_size, seed=0)
+
+
 def test_make_dataset_needs_one_full_batch():
     with pytest.raises(DataError, match="Batch size 64 needs at least 64 digits, but the data holds 10"):
         make_dataset(*tiny_digits(), batch_size=64, seed=0)

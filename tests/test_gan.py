@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import keras
@@ -110,6 +111,20 @@ def test_fit_rejects_a_dataset_of_the_wrong_shape():
         tiny_gan().fit(dataset, verbose=0)
 
 
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.full((8, 28, 28, 1), 255, "uint8"), np.zeros(8, "int32"), r"Expected float images in \[-1, 1\]"),
+        (np.zeros((8, 28, 28, 1), "float32"), np.zeros(8, "float32"), "integer class indices or one-hot labels"),
+    ],
+    ids=["uint8-pixels", "float-indices"],
+)
+def test_fit_rejects_a_dataset_of_the_wrong_dtypes(images, labels, message):
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with pytest.raises(ValueError, match=message):
+        tiny_gan().fit(dataset, verbose=0)
+
+
 def test_evaluate_and_validation_data_report_losses_without_updating(digits):
     gan = tiny_gan()
     before = weights_of(gan)
@@ -205,6 +220,46 @@ def test_a_saved_model_draws_the_noise_it_would_have_drawn_next(tmp_path, digits
     gan.save(tmp_path / "old.keras")
     monkeypatch.undo()
     assert not keras.models.load_model(tmp_path / "old.keras").seed_generator.state.numpy().any()
+
+
+def test_an_uncompiled_gan_saves_and_loads(tmp_path):
+    tiny_gan(compile=False).save(tmp_path / "uncompiled.keras")
+    loaded = keras.models.load_model(tmp_path / "uncompiled.keras")
+    assert isinstance(loaded, ConditionalGAN) and not loaded.compiled
+    loaded.save(tmp_path / "again.keras")
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(optimizer="adam"), "takes `generator_optimizer` and `discriminator_optimizer`, and its metrics"),
+        (dict(metrics=["accuracy"]), "its metrics are fixed (`model.metrics`). Received: metrics"),
+        (dict(loss="hinge"), "`loss` must be a keras.losses.Loss object, e.g. keras.losses.Hinge()"),
+        (dict(generator_loss=keras.losses.hinge), "`generator_loss` must be a keras.losses.Loss object"),
+        (dict(loss=keras.losses.BinaryCrossentropy()), "needs from_logits=True. Received: loss=BinaryCrossentropy"),
+    ],
+)
+def test_compile_refuses_what_it_would_ignore_or_misread(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_gan(**arguments)
+
+
+def test_one_optimizer_for_both_networks_is_refused():
+    optimizer = keras.optimizers.Adam()
+    with pytest.raises(ValueError, match="must be two optimizers"):
+        tiny_gan(generator_optimizer=optimizer, discriminator_optimizer=optimizer)
+
+
+def test_a_frozen_generator_trains_the_discriminator_alone_and_keeps_its_average(digits):
+    gan = tiny_gan()
+    gan.generator.trainable = False
+    generator, average = gan.generator.get_weights(), weights_of(gan.ema_generator)  # its BatchNorm statistics move
+    discriminator = gan.discriminator.get_weights()
+    gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    after = gan.generator.get_weights() + weights_of(gan.ema_generator)
+    for before_fit, after_fit in zip(generator + average, after, strict=True):
+        np.testing.assert_array_equal(after_fit, before_fit)
+    assert changed(discriminator, gan.discriminator.get_weights())
 
 
 def test_weights_round_trip_restores_both_optimizers(tmp_path, digits):
