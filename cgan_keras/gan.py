@@ -11,6 +11,7 @@ import contextlib
 import functools
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -250,8 +251,21 @@ class ConditionalGAN(keras.Model):
         `(N, num_classes)`, as arrays or a `tf.data.Dataset` of batches.
 
         Raises:
-            ValueError: the data are not digits of the expected shape, range and classes.
+            ValueError: the data are not digits of the expected shape, range and classes,
+                or an argument that `fit` would ignore here (`sample_weight`,
+                `class_weight`, `validation_split`) is given.
         """
+        # Keras would ignore these, or misread them as about a dataset: every digit counts alike in a GAN's losses.
+        given = [name for name in ("sample_weight", "class_weight") if kwargs.get(name) is not None]
+        if kwargs.get("validation_split"):
+            given.append("validation_split")
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 3 and validation_data[2] is not None:
+            given.append("validation_data weights")
+        if given:
+            raise ValueError(
+                "ConditionalGAN.fit weighs every digit alike and takes held-out digits as "
+                f"validation_data=(images, labels). Received: {', '.join(given)}"
+            )
         repeat = kwargs.get("steps_per_epoch") is not None  # an epoch may span more than one pass
         x = self._as_batches(x, y, batch_size, shuffle, repeat)
         if validation_data is not None:
@@ -265,6 +279,10 @@ class ConditionalGAN(keras.Model):
         return super().evaluate(self._as_batches(x, y, batch_size, shuffle=False, repeat=False), **kwargs)
 
     def _as_batches(self, x, y, batch_size, shuffle, repeat):
+        if isinstance(x, tf.data.Dataset) and y is not None:
+            raise ValueError("A dataset gives its (images, labels) batches itself. Received: a dataset and y")
+        if isinstance(x, (np.ndarray, list, tf.Tensor)) and y is None:
+            raise ValueError("Expected labels `y` with the images `x` (a digit per image). Received: y=None")
         return data.as_batches(x, y, batch_size, self.seed, shuffle, repeat, self.image_shape, self.num_classes)
 
     def train_step(self, batch):

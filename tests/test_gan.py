@@ -125,6 +125,24 @@ def test_fit_rejects_a_dataset_of_the_wrong_dtypes(images, labels, message):
         tiny_gan().fit(dataset, verbose=0)
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(sample_weight=np.ones(32)), "weighs every digit alike and takes held-out digits as validation_data="),
+        (dict(class_weight={0: 2.0}), "Received: class_weight"),
+        (dict(validation_split=0.2), "Received: validation_split"),
+        (dict(validation_data=(np.zeros((4, 28, 28, 1)), np.zeros(4), np.ones(4))), "validation_data weights"),
+        (dict(y=None), "Expected labels `y` with the images `x`"),
+    ],
+)
+def test_fit_refuses_arguments_it_would_ignore_or_misread(digits, arguments, message):
+    images, labels = digits
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_gan().fit(images, **{"y": labels, **arguments}, batch_size=16, verbose=0)
+    with pytest.raises(ValueError, match="A dataset gives its"):
+        tiny_gan().fit(tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), labels, verbose=0)
+
+
 def test_evaluate_and_validation_data_report_losses_without_updating(digits):
     gan = tiny_gan()
     before = weights_of(gan)
