@@ -48,11 +48,12 @@ def resolve_source(source: str) -> str:
     the Keras cache's `mnist.npz` if one was downloaded before, else `builtin`.
 
     Args:
-        source: `auto`, `builtin`, `mnist`, or a path ending in `.csv` or `.npz`.
+        source: `auto`, `builtin`, `mnist`, or a path (a `str` or `os.PathLike`) ending in `.csv` or `.npz`.
 
     Returns:
-        `builtin`, `mnist` or a path; never `auto`.
+        `builtin`, `mnist` or a path `str`; never `auto`.
     """
+    source = os.fspath(source) if isinstance(source, os.PathLike) else source
     if not isinstance(source, str) or not (
         source in ("auto", "builtin", "mnist") or source.lower().endswith((".csv", ".npz"))
     ):
@@ -160,12 +161,14 @@ def make_dataset(
     image_shape: tuple[int, ...] = IMAGE_SHAPE,
     num_classes: int = NUM_CLASSES,
     skip_batches: int = 0,
+    drop_remainder: bool = True,
 ) -> tf.data.Dataset:
     """Checks digits once and streams them as `(images, labels)` batches, reshuffled on every pass.
 
     Every batch has exactly `batch_size` digits (a short last batch is
     dropped): a smaller one would skew BatchNorm's statistics and the balance
-    of fake and real digits in a training step.
+    of fake and real digits in a training step. Scoring keeps it
+    (`drop_remainder=False`), so that every digit counts.
 
     Args:
         images: float `(N, *image_shape)`, or `(N, H, W)` with one channel, in [-1, 1] (see `check_digits`).
@@ -178,6 +181,7 @@ def make_dataset(
         skip_batches: batches of the stream to leave out at its start: a run
             resumed after `n` steps passes `n` and goes on with the batches it
             would have had (a new iterator starts the stream again).
+        drop_remainder: `False` keeps a short last batch, and takes fewer digits than one batch.
 
     Returns:
         A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches.
@@ -186,7 +190,8 @@ def make_dataset(
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
     batch_size = int(batch_size)  # numpy's integers too
-    check_batch_size(len(images), batch_size)
+    if drop_remainder:
+        check_batch_size(len(images), batch_size)
     images, labels = tf.constant(images), tf.constant(labels)
     # Shuffling indices and gathering whole batches costs one op per batch rather than
     # one per digit, and keeps the images out of a shuffle buffer.
@@ -197,7 +202,7 @@ def make_dataset(
         indices = indices.repeat()
     return (
         indices.skip(skip_batches * batch_size)  # indices, not batches: skipping costs no gathers
-        .batch(batch_size, drop_remainder=True)
+        .batch(batch_size, drop_remainder=drop_remainder)
         .map(lambda batch: (tf.gather(images, batch), tf.gather(labels, batch)))
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -240,14 +245,18 @@ def standardize_dataset(
     return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def as_batches(x, y, batch_size, seed, shuffle, repeat, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES):
+def as_batches(
+    x, y, batch_size, seed, shuffle, repeat, image_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES, scoring=False
+):
     """What `ConditionalGAN.fit`/`evaluate` train on: arrays through `make_dataset`, a dataset through
     `standardize_dataset` (`batch_size` 32 when `None`); anything else Keras accepts (a `PyDataset`, a
-    Python generator) is returned unchecked."""
+    Python generator) is returned unchecked. `scoring` keeps the arrays' short last batch."""
     if isinstance(x, tf.data.Dataset):
         return standardize_dataset(x, image_shape, num_classes)
     if isinstance(x, (np.ndarray, list, tf.Tensor)):
-        return make_dataset(x, y, batch_size or 32, seed, shuffle, repeat, image_shape, num_classes)
+        return make_dataset(
+            x, y, batch_size or 32, seed, shuffle, repeat, image_shape, num_classes, drop_remainder=not scoring
+        )
     return x
 
 

@@ -270,20 +270,26 @@ class ConditionalGAN(keras.Model):
         x = self._as_batches(x, y, batch_size, shuffle, repeat)
         if validation_data is not None:
             pair = validation_data[:2] if isinstance(validation_data, (tuple, list)) else (validation_data, None)
-            validation_data = self._as_batches(*pair, batch_size, shuffle=False, repeat=False)
+            validation_data = self._as_batches(*pair, batch_size, shuffle=False, repeat=False, scoring=True)
         # The batches shuffle themselves; Keras would only warn.
         return super().fit(x, validation_data=validation_data, shuffle=False, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
-        """Reports `test_step`'s losses and accuracies on `(images, labels)` (as `fit` takes them); updates nothing."""
-        return super().evaluate(self._as_batches(x, y, batch_size, shuffle=False, repeat=False), **kwargs)
+        """Reports `test_step`'s losses and accuracies on `(images, labels)` (as `fit` takes them); updates nothing.
 
-    def _as_batches(self, x, y, batch_size, shuffle, repeat):
+        Every digit counts: a short last batch is scored too, and the losses are means over the digits.
+        """
+        batches = self._as_batches(x, y, batch_size, shuffle=False, repeat=False, scoring=True)
+        return super().evaluate(batches, **kwargs)
+
+    def _as_batches(self, x, y, batch_size, shuffle, repeat, scoring=False):
         if isinstance(x, tf.data.Dataset) and y is not None:
             raise ValueError("A dataset gives its (images, labels) batches itself. Received: a dataset and y")
         if isinstance(x, (np.ndarray, list, tf.Tensor)) and y is None:
             raise ValueError("Expected labels `y` with the images `x` (a digit per image). Received: y=None")
-        return data.as_batches(x, y, batch_size, self.seed, shuffle, repeat, self.image_shape, self.num_classes)
+        return data.as_batches(
+            x, y, batch_size, self.seed, shuffle, repeat, self.image_shape, self.num_classes, scoring=scoring
+        )
 
     def train_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
@@ -346,9 +352,10 @@ class ConditionalGAN(keras.Model):
         # gradients average over the global batch; the trackers log the true loss.
         replicas, _ = _replica_context()
         d_loss, g_loss = d_loss * replicas, g_loss * replicas
-        self.loss_tracker.update_state(d_loss + g_loss)
-        self.d_loss_tracker.update_state(d_loss)
-        self.g_loss_tracker.update_state(g_loss)
+        digits = ops.shape(real_logits)[0]  # weighs a short last batch of an evaluation by its size
+        self.loss_tracker.update_state(d_loss + g_loss, sample_weight=digits)
+        self.d_loss_tracker.update_state(d_loss, sample_weight=digits)
+        self.g_loss_tracker.update_state(g_loss, sample_weight=digits)
         self.d_real_accuracy.update_state(ops.ones_like(real_logits), real_logits)
         self.d_fake_accuracy.update_state(ops.zeros_like(fake_logits), fake_logits)
         return {metric.name: metric.result() for metric in self.metrics}

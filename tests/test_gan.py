@@ -154,6 +154,18 @@ def test_evaluate_and_validation_data_report_losses_without_updating(digits):
     assert np.isfinite(history.history["val_d_loss"][0])
 
 
+def test_evaluate_scores_every_digit_whatever_the_batch_size(digits):
+    images, labels = digits
+    gan = tiny_gan()
+    # The real digits' accuracy depends on them alone: batches of 40, 32 (and 8 more) or 7 must agree.
+    accuracies = [
+        gan.evaluate(images[:40], labels[:40], batch_size=size, return_dict=True, verbose=0)["d_real_accuracy"]
+        for size in (40, 32, 7)
+    ]
+    np.testing.assert_allclose(accuracies, accuracies[0], atol=1e-6)
+    assert np.isfinite(gan.evaluate(images[:10], labels[:10], return_dict=True, verbose=0)["d_loss"])  # < 32 digits
+
+
 def test_calling_or_predicting_on_digits_returns_images():
     gan = tiny_gan()
     digits = np.array([1, 2, 3], "int32")
