@@ -182,7 +182,10 @@ class DigitSampler:
         return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
 
     def _check_digits(self, digits):
-        digits = np.asarray(digits, dtype=np.int32).reshape(-1)
+        given = np.asarray(digits)
+        if (given.size and not np.issubdtype(given.dtype, np.integer)) or given.ndim > 1:
+            raise ValueError(f"Digits must be integers, one per image: (N,). Received: digits={given!r:.80}")
+        digits = given.astype(np.int32).reshape(-1)
         if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
             raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
         return digits

@@ -48,7 +48,7 @@ def test_csv_loads_exactly_scaled_digits(tmp_path):
 def test_npz_loads_exactly_scaled_digits(tmp_path):
     pixels, labels = random_digits(4)
     np.savez(tmp_path / "mnist.npz", x_train=pixels, y_train=labels, x_test=pixels[:1], y_test=labels[:1])
-    images, loaded_labels = load_data(str(tmp_path / "mnist.npz"))
+    images, loaded_labels = load_data(tmp_path / "mnist.npz")  # a Path as well as a str
     assert images.dtype == np.float32 and loaded_labels.dtype == np.int32
     np.testing.assert_array_equal(images, expected_images(pixels))
     np.testing.assert_array_equal(loaded_labels, labels)

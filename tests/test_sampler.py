@@ -71,6 +71,9 @@ def test_sampler_rejects_bad_digits_noise_and_truncation():
     sampler = fake_sampler()
     with pytest.raises(ValueError, match=r"Digits must be in \[0, 10\)"):
         sampler([3, 10])
+    for digits in ([7.9], [[1, 2], [3, 4]], [True]):  # were cut to 7, flattened, taken as 1
+        with pytest.raises(ValueError, match=r"Digits must be integers, one per image: \(N,\)"):
+            sampler(digits)
     with pytest.raises(ValueError, match="Received: noise.shape=\\(2, 3\\)"):
         sampler.from_noise([1, 2], np.zeros((2, 3)))
     with pytest.raises(ValueError, match="Received: truncation=0"):
