@@ -72,6 +72,9 @@ class ConditionalGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        for name, value in (("latent_dim", latent_dim), ("num_classes", num_classes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
         if not isinstance(ema_statistics_every, int) or ema_statistics_every < 1:

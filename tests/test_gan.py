@@ -216,6 +216,9 @@ def test_without_ema_the_generator_itself_is_sampled():
     assert gan.ema_generator is None and gan.inference_generator is gan.generator
     with pytest.raises(ValueError, match="Received: ema_decay=1"):
         ConditionalGAN(latent_dim=LATENT_DIM, ema_decay=1)
+    for arguments in (dict(latent_dim=0), dict(latent_dim=8.0), dict(num_classes=0)):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            ConditionalGAN(**{"latent_dim": LATENT_DIM, **arguments})
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
