@@ -376,6 +376,16 @@ class ConditionalGAN(keras.Model):
             config[network] = keras.saving.serialize_keras_object(getattr(self, network))
         return config
 
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """`keras.Model.export` of `call`: int32 digits `(N,)` in, images in [-1, 1] out, the noise drawn inside.
+
+        `export.export_generator` writes what `train.py` exports instead (images
+        in [0, 1], a `noise` or `seed` input, and the `condition` signature).
+        """
+        # `built` is set in `__init__`, so Keras never saw a call's inputs to trace from.
+        input_signature = input_signature or [tf.TensorSpec([None], tf.int32, name="digit")]
+        return super().export(filepath, format, verbose, input_signature, **kwargs)
+
     def save_own_variables(self, store):
         # Keras saves a layer's seed generators nowhere: without this, a model loaded
         # from a checkpoint would draw step 1's noise and digits again.
