@@ -189,7 +189,8 @@ def main(argv=None):
     try:
         (interpolate if args.interpolate else draw_digits)(sampler, args)
     except MemoryError as error:
-        fail(f"--count {args.count} is more than this machine holds: {first_line(error)}")
+        asked = f"--count {args.count}" + (f" with --frames {args.frames}" if args.interpolate else "")
+        fail(f"{asked} is more than this machine holds: {first_line(error)}")
 
 
 if __name__ == "__main__":

@@ -196,7 +196,10 @@ def main(argv=None):
     except CheckpointError as error:
         fail(f"--resume: {error}")
     except (tf.errors.ResourceExhaustedError, MemoryError) as error:
-        fail(f"out of memory ({_oom_detail(error)}); lower --batch-size, --latent-dim or the filter widths")
+        fail(
+            f"out of memory ({_oom_detail(error)}); "
+            "lower --batch-size, --latent-dim, --generator-filters or --discriminator-filters"
+        )
     except loop.WorkerLost as error:
         print(
             f"train.py: error: {error}; the last checkpoint is in {config.out}/; restart every worker with --resume",

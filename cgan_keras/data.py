@@ -184,12 +184,15 @@ def make_dataset(
         drop_remainder: `False` keeps a short last batch, and takes fewer digits than one batch.
 
     Returns:
-        A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches.
+        A `tf.data.Dataset` of float32 `(batch_size, *image_shape)` and int32 `(batch_size,)` batches
+        (the last one shorter with `drop_remainder=False`).
     """
     images, labels = check_digits(images, labels, image_shape, num_classes)
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
     batch_size = int(batch_size)  # numpy's integers too
+    if not isinstance(skip_batches, numbers.Integral) or skip_batches < 0:
+        raise ValueError(f"Expected skip_batches >= 0. Received: skip_batches={skip_batches!r}")
     if drop_remainder:
         check_batch_size(len(images), batch_size)
     images, labels = tf.constant(images), tf.constant(labels)
@@ -231,9 +234,13 @@ def standardize_dataset(
             f"(N, {num_classes}). Received: element_spec={spec}"
         )
     if not image_spec.dtype.is_floating:
-        raise ValueError(f"Expected float images in [-1, 1] ({_SCALE_HINT}). Received: images of {image_spec.dtype}")
+        raise ValueError(
+            f"Expected float images in [-1, 1] ({_SCALE_HINT}). Received: images.dtype={image_spec.dtype.name}"
+        )
     if not (one_hot_labels or label_spec.dtype.is_integer):
-        raise ValueError(f"Expected integer class indices or one-hot labels. Received: labels of {label_spec.dtype}")
+        raise ValueError(
+            f"Expected integer class indices or one-hot labels. Received: labels.dtype={label_spec.dtype.name}"
+        )
     if image_spec.dtype == tf.float32 and label_spec.dtype == tf.int32 and not one_hot_labels:
         return dataset
 

@@ -18,6 +18,8 @@ from keras import ops
 from cgan_keras import data, ema, losses, models
 from cgan_keras.config import TrainConfig
 
+_STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
+
 
 @keras.saving.register_keras_serializable(package="cgan_keras")
 class ConditionalGAN(keras.Model):
@@ -169,11 +171,6 @@ class ConditionalGAN(keras.Model):
                 "ConditionalGAN.compile takes `generator_optimizer` and `discriminator_optimizer`, and its "
                 f"metrics are fixed (`model.metrics`). Received: {', '.join(not_taken)}"
             )
-        if generator_optimizer is not None and generator_optimizer is discriminator_optimizer:
-            raise ValueError(
-                "`generator_optimizer` and `discriminator_optimizer` must be two optimizers: each keeps the "
-                "state of its own network's variables. Received: the same object twice"
-            )
         recipe = TrainConfig()
         r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
         r1_every = recipe.r1_every if r1_every is None else r1_every
@@ -189,6 +186,16 @@ class ConditionalGAN(keras.Model):
         discriminator_optimizer = keras.optimizers.get(
             discriminator_optimizer or _recipe_adam(recipe, recipe.discriminator_learning_rate)
         )
+        if generator_optimizer is discriminator_optimizer:
+            raise ValueError(
+                "`generator_optimizer` and `discriminator_optimizer` must be two optimizers: each keeps the "
+                f"state of its own network's variables. Received: discriminator_optimizer={generator_optimizer}"
+            )
+        # Checked before anything is set: a refused compile leaves the model as it was.
+        loss_fn = _logit_loss("loss", loss or keras.losses.Hinge())
+        if generator_loss is None:
+            generator_loss = losses.LinearLoss() if isinstance(loss_fn, keras.losses.Hinge) else loss_fn
+        generator_loss_fn = _logit_loss("generator_loss", generator_loss)
         # Under mixed_float16, Keras wraps `optimizer` in a LossScaleOptimizer;
         # the discriminator's needs the same, by hand.
         super().compile(optimizer=generator_optimizer, **kwargs)
@@ -198,10 +205,7 @@ class ConditionalGAN(keras.Model):
             self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(discriminator_optimizer)
         self.label_smoothing = label_smoothing
         self.r1_gamma, self.r1_every, self.r1_interval = r1_gamma, r1_every, r1_interval
-        self.loss_fn = _logit_loss("loss", loss or keras.losses.Hinge())
-        if generator_loss is None:
-            generator_loss = losses.LinearLoss() if isinstance(self.loss_fn, keras.losses.Hinge) else self.loss_fn
-        self.generator_loss_fn = _logit_loss("generator_loss", generator_loss)
+        self.loss_fn, self.generator_loss_fn = loss_fn, generator_loss_fn
         # Built now, not lazily in the first step, so that load_weights and
         # BackupAndRestore find every optimizer variable to restore.
         self.generator_optimizer.build(self.generator.trainable_variables)
@@ -287,7 +291,7 @@ class ConditionalGAN(keras.Model):
 
     def _as_batches(self, x, y, batch_size, shuffle, repeat, scoring=False):
         if isinstance(x, tf.data.Dataset) and y is not None:
-            raise ValueError("A dataset gives its (images, labels) batches itself. Received: a dataset and y")
+            raise ValueError(f"A dataset gives its (images, labels) batches itself. Received: y={type(y).__name__}")
         if isinstance(x, (np.ndarray, list, tf.Tensor)) and y is None:
             raise ValueError("Expected labels `y` with the images `x` (a digit per image). Received: y=None")
         return data.as_batches(
@@ -421,9 +425,6 @@ def _logit_loss(name, loss):
             f"Received: {name}={type(resolved).__name__}(from_logits=False)"
         )
     return resolved
-
-
-_STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
 
 
 def _update_discriminator(

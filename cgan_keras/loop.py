@@ -12,7 +12,8 @@ global step numbering are the same as on one machine.
 A stop asked for on one worker (a signal, a callback's `stop_training`) must
 end every worker's loop at the same step, or the others would wait for it in
 their next collective until TensorFlow gives up on it. So each step carries
-every worker's vote, reduced with its logs inside the step (no extra round trip), and all of
+every worker's vote, reduced with its logs inside the step (one more scalar
+all-reduce, launched with theirs: no round trip of its own), and all of
 them stop after the first step whose votes are not all 0: on every worker,
 one step after the one at which the stop was asked for.
 
@@ -85,7 +86,7 @@ class DistributedLoop:
     def __init__(self, gan, strategy, images, labels, batch_size, seed):
         self.gan = gan
         self.strategy = strategy
-        self._digits = (images, labels, batch_size, seed)
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
         self._step = tf.function(self._distributed_step)
         self._steps_of_every_replica = tf.function(self._gather_steps)
         self._mean_of_every_replica = tf.function(self._mean)
@@ -96,20 +97,21 @@ class DistributedLoop:
         # batches, so their mean is the global epoch mean. Metric variables are
         # never read outside a step: that read is a collective op of its own.
         def step(batch):
-            return {**self.gan.train_step(batch), _STOP_VOTE: stop_vote}
+            # Each replica's own tensor: one object for them all would come back unwrapped, which
+            # the collective reduce of several devices a worker cannot take.
+            return {**self.gan.train_step(batch), _STOP_VOTE: tf.identity(stop_vote)}
 
         logs = self.strategy.run(step, (next(iterator),))
         return {name: self.strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
 
     def _dataset(self):
         """The distributed batches from the global step reached on: every step uses one per replica."""
-        images, labels, batch_size, seed = self._digits
         steps_done = global_step(self.gan)
 
         def shard(context):
-            per_replica = context.get_per_replica_batch_size(batch_size)
+            per_replica = context.get_per_replica_batch_size(self.batch_size)
             skipped = steps_done * context.num_replicas_in_sync
-            batches = data.make_dataset(images, labels, per_replica, seed=seed, skip_batches=skipped)
+            batches = data.make_dataset(self.images, self.labels, per_replica, seed=self.seed, skip_batches=skipped)
             return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
 
         return self.strategy.distribute_datasets_from_function(shard)
@@ -197,8 +199,8 @@ class DistributedLoop:
             if self.stopped:
                 break
         callbacks.on_train_end(logs=epoch_logs)
-        # A stop asked for after the call's last step had no step left to carry it.
-        (self.stopped,) = self.any_worker([asked or self.stopped])
+        # A stop asked for after the call's last step (its checkpoint's save included) had no step to carry it.
+        (self.stopped,) = self.any_worker([asked or self.gan.stop_training or self.stopped])
 
     def _check_workers_agree(self):
         # A worker that could not read the chief's checkpoint would start from

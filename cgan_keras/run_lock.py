@@ -57,8 +57,10 @@ class RunLock:
             directory.mkdir(parents=True, exist_ok=True)
             try:
                 lock_file = open(self.path, "a+")  # held open for as long as the lock
-            except FileNotFoundError:  # the directory went between the two lines: its last holder removed it
-                continue
+            except FileNotFoundError:
+                if directory.is_dir():  # not a removed directory: e.g. a dangling `.lock` symlink
+                    raise
+                continue  # the directory went between the two lines: its last holder removed it
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -82,10 +84,10 @@ class RunLock:
         """Frees the lock; the directories it created go too if nothing but the lock file was written in them."""
         if self._file is None:
             return
-        if self._created and [path.name for path in self.path.parent.iterdir()] == [LOCK_NAME]:
-            # Unlinked while still locked: a run that opened this file meanwhile sees it gone and starts again.
-            self.path.unlink()
-            with contextlib.suppress(OSError):  # a directory someone else wrote in stays
+        # Unlinked while still locked: a run that opened this file meanwhile sees it gone and starts again.
+        with contextlib.suppress(OSError):  # e.g. a directory removed meanwhile, or written in by someone else
+            if self._created and [path.name for path in self.path.parent.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()
                 for directory in self._created:
                     directory.rmdir()
         self._file.close()  # closing the last descriptor releases the flock

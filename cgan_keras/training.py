@@ -181,8 +181,8 @@ class Interrupted(Exception):
 
     `saved_here` says whether this process wrote them to `config.out`: false on
     the workers of a multi-worker run other than the chief, which writes them.
-    `here` is false on the workers of a multi-worker run that the signal did not
-    reach: they stopped with the one it did.
+    On the workers of a multi-worker run that the signal did not reach (they
+    stopped with the one it did), the message says it was sent to another worker.
     """
 
     def __init__(self, signum, saved_here=True, here=True):
@@ -240,7 +240,7 @@ def run(
         without a judge).
 
     Raises:
-        Interrupted: SIGINT or SIGTERM arrived.
+        Interrupted: SIGINT or SIGTERM arrived, here or at another worker.
         loop.WorkerLost: another worker stopped (multi-worker training only).
         TrainingDiverged: the loss became NaN or infinite; the last
             checkpoint (from before) is kept and nothing is exported.
@@ -277,8 +277,9 @@ def run(
         log(f"resuming from {restored} (step {done}){skipped}")
     elif resume:  # e.g. a run killed before its first checkpoint, or a mistyped --out
         log(f"--resume: no checkpoint in {out / 'checkpoints'}; training from step 0")
-    if multiworker:
-        distributed = loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed)
+    distributed = (
+        loop.DistributedLoop(gan, strategy, images, labels, config.batch_size, config.seed) if multiworker else None
+    )
 
     def fit(**arguments):
         if multiworker:
@@ -307,7 +308,8 @@ def run(
         for initial_epoch, epochs, steps_per_epoch in _epochs_to_run(done, config.steps, config.log_every):
             # `fit` clears `stop_training` when it starts: a callback's stop must end the run here too.
             # With several workers, only a stop they all agreed to: a signal may reach one in between.
-            if distributed.stopped if multiworker else stop.received or gan.stop_training:
+            stopped = distributed.stopped if multiworker else (stop.received or gan.stop_training)
+            if stopped:
                 break
             fit(
                 initial_epoch=initial_epoch,

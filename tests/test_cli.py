@@ -496,7 +496,8 @@ def test_infer_refuses_a_count_beyond_the_machine_in_one_line_and_writes_nothing
         infer.main(flags)
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"infer.py: error: --count {count} is more than this machine holds: Unable to allocate")
+    asked = f"--count {count}" + (" with --frames 10" if what[0] == "--interpolate" else "")
+    assert line.startswith(f"infer.py: error: {asked} is more than this machine holds: Unable to allocate")
     assert not (work / "huge.png").exists()
 
 

@@ -277,10 +277,16 @@ def test_compile_refuses_what_it_would_ignore_or_misread(arguments, message):
         tiny_gan(**arguments)
 
 
-def test_one_optimizer_for_both_networks_is_refused():
+def test_one_optimizer_for_both_networks_is_refused_and_a_refused_compile_changes_nothing(tmp_path):
     optimizer = keras.optimizers.Adam()
     with pytest.raises(ValueError, match="must be two optimizers"):
         tiny_gan(generator_optimizer=optimizer, discriminator_optimizer=optimizer)
+    assert tiny_gan(generator_optimizer="adam", discriminator_optimizer="adam").compiled  # a new one each
+    gan = tiny_gan(compile=False)
+    with pytest.raises(ValueError, match="`loss` must be a keras.losses.Loss object"):
+        gan.compile(loss="hinge")
+    assert not gan.compiled
+    gan.save(tmp_path / "still_uncompiled.keras")
 
 
 def test_a_frozen_generator_trains_the_discriminator_alone_and_keeps_its_average(digits):

@@ -57,3 +57,9 @@ def test_a_lock_whose_file_its_holder_removed_meanwhile_starts_again(tmp_path, m
         assert os.path.samestat(os.fstat(lock._file.fileno()), os.stat(tmp_path / "run" / LOCK_NAME))
         with pytest.raises(RunDirectoryBusy):
             RunLock(tmp_path / "run").acquire()
+
+
+def test_a_dangling_lock_symlink_is_an_os_error(tmp_path):
+    (tmp_path / LOCK_NAME).symlink_to(tmp_path / "missing" / "target")
+    with pytest.raises(FileNotFoundError):
+        RunLock(tmp_path).acquire()
