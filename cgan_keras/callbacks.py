@@ -1,6 +1,7 @@
 """Callbacks for a training GAN: sample grids, judge scores, checkpoints, history, safe stops."""
 
 import csv
+import numbers
 import re
 import signal
 import time
@@ -18,7 +19,7 @@ from cgan_keras.sampler import DigitSampler
 
 def _check_positive_integers(**arguments):
     for name, value in arguments.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 

@@ -9,6 +9,7 @@ resumed from its directory alone.
 import dataclasses
 import json
 import math
+import numbers
 from pathlib import Path
 
 from cgan_keras.artifacts import atomic_path
@@ -127,6 +128,13 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], "preset": preset, **overrides})
 
     def __post_init__(self):
+        # numpy's integers become Python's, for the checks and for JSON; JSON's lists become the frozen config's tuples.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, tuple | list):
+                object.__setattr__(self, field.name, tuple(map(_python_int, value)))
+            else:
+                object.__setattr__(self, field.name, _python_int(value))
         for name in ("jit_compile", "mixed_precision"):
             # These were booleans before they had `auto`: old config.json files and callers pass True/False.
             if isinstance(getattr(self, name), bool):
@@ -175,8 +183,6 @@ class TrainConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"`seed` must be an integer in [0, 2**32). Received: seed={self.seed!r}")
         for name in ("generator_filters", "discriminator_filters"):
-            # JSON gives lists back; the frozen config keeps tuples.
-            object.__setattr__(self, name, tuple(getattr(self, name)))
             if not all(isinstance(width, int) and width > 0 for width in getattr(self, name)):
                 raise ValueError(f"`{name}` must be positive integers. Received: {name}={getattr(self, name)}")
         # 28x28 digits: the generator grows a 1x1 map in 2 to 4 stages; the seed's discriminator has 3 convolutions.
@@ -220,3 +226,9 @@ class TrainConfig:
     def load(cls, path):
         """Reads a config written by `save`."""
         return cls(**json.loads(Path(path).read_text()))
+
+
+def _python_int(value):
+    """`int(value)` for numpy's integers (not `bool`); anything else as it is."""
+    is_numpy_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool | int)
+    return int(value) if is_numpy_integer else value

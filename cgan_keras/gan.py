@@ -9,6 +9,7 @@ flipped labels (its fakes labelled real).
 
 import contextlib
 import functools
+import numbers
 
 import keras
 import numpy as np
@@ -75,8 +76,9 @@ class ConditionalGAN(keras.Model):
     ):
         super().__init__(**kwargs)
         for name, value in (("latent_dim", latent_dim), ("num_classes", num_classes)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        latent_dim, num_classes = int(latent_dim), int(num_classes)  # numpy's too, and saved as JSON
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
         if not isinstance(ema_statistics_every, int) or ema_statistics_every < 1:

@@ -55,6 +55,7 @@ def test_grid_settings_that_cannot_work_are_refused(tmp_path, arguments):
     name, value = next(iter(arguments.items()))
     with pytest.raises(ValueError, match=rf"`{name}` must be a positive integer. Received: {name}={value}"):
         SampleGridCallback(tmp_path, **arguments)
+    assert SampleGridCallback(tmp_path, every=np.int64(2)).every == 2  # numpy's integers are integers
 
 
 def test_the_grid_shows_the_same_fixed_samples_each_time(tmp_path):

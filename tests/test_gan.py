@@ -219,6 +219,7 @@ def test_without_ema_the_generator_itself_is_sampled():
     for arguments in (dict(latent_dim=0), dict(latent_dim=8.0), dict(num_classes=0)):
         with pytest.raises(ValueError, match="must be a positive integer"):
             ConditionalGAN(**{"latent_dim": LATENT_DIM, **arguments})
+    assert type(ConditionalGAN(latent_dim=np.int64(LATENT_DIM)).get_config()["latent_dim"]) is int  # saves as JSON
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):

@@ -169,6 +169,14 @@ def test_settings_that_would_fail_later_or_train_nonsense_are_refused_at_once(ov
         TrainConfig.from_preset(**overrides)
 
 
+def test_numpy_integers_in_a_config_become_python_integers_and_save(tmp_path):
+    config = TrainConfig(steps=np.int64(600), generator_filters=[np.int32(64), np.int32(32)], seed=np.uint32(7))
+    assert (config.steps, config.generator_filters, config.seed) == (600, (64, 32), 7)
+    assert type(config.steps) is int and all(type(width) is int for width in config.generator_filters)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+
+
 @pytest.mark.parametrize("filters", [(16, 8), (16, 8, 8), (16, 8, 8, 8)])
 def test_every_generator_depth_the_config_allows_builds(filters):
     assert training.build_gan(tiny_config(generator_filters=filters)).generator.output_shape == (None, 28, 28, 1)
