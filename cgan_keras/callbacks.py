@@ -1,7 +1,6 @@
 """Callbacks for a training GAN: sample grids, judge scores, checkpoints, history, safe stops."""
 
 import csv
-import numbers
 import re
 import signal
 import time
@@ -13,14 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from cgan_keras import artifacts, grids
+from cgan_keras.config import check_positive_integers
 from cgan_keras.metrics import report
 from cgan_keras.sampler import DigitSampler
-
-
-def _check_positive_integers(**arguments):
-    for name, value in arguments.items():
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
 def global_step(model):
@@ -60,7 +54,7 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def __init__(self, directory, every=100, digits=tuple(range(9)), columns=3, seed=0, log_dir=None):
         super().__init__()
-        _check_positive_integers(every=every, columns=columns)
+        check_positive_integers(every=every, columns=columns)
         self.directory = Path(directory)
         self.every = every
         self.digits = np.asarray(digits, dtype="int32")
@@ -129,7 +123,7 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def __init__(self, judge, every, per_class=1000, seed=0):
         super().__init__()
-        _check_positive_integers(every=every, per_class=per_class)
+        check_positive_integers(every=every, per_class=per_class)
         self.judge = judge
         self.every = every
         self.per_class = per_class
@@ -189,7 +183,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory, keep=2, every=1):
         super().__init__()
-        _check_positive_integers(keep=keep, every=every)
+        check_positive_integers(keep=keep, every=every)
         self.directory = Path(directory)
         self.keep = keep
         self.every = every

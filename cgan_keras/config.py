@@ -228,6 +228,13 @@ class TrainConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
+def check_positive_integers(**arguments):
+    """Raises `ValueError` naming the first argument that is not a positive integer (numpy's count; `bool` does not)."""
+    for name, value in arguments.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
 def _python_int(value):
     """`int(value)` for numpy's integers (not `bool`); anything else as it is."""
     is_numpy_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool | int)

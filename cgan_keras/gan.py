@@ -9,7 +9,6 @@ flipped labels (its fakes labelled real).
 
 import contextlib
 import functools
-import numbers
 
 import keras
 import numpy as np
@@ -17,7 +16,7 @@ import tensorflow as tf
 from keras import ops
 
 from cgan_keras import data, ema, losses, models
-from cgan_keras.config import TrainConfig
+from cgan_keras.config import TrainConfig, check_positive_integers
 
 _STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
 
@@ -75,9 +74,7 @@ class ConditionalGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (("latent_dim", latent_dim), ("num_classes", num_classes)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        check_positive_integers(latent_dim=latent_dim, num_classes=num_classes)
         latent_dim, num_classes = int(latent_dim), int(num_classes)  # numpy's too, and saved as JSON
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
