@@ -111,19 +111,7 @@ def check_digits(
     if images.shape[1:] != image_shape:
         expected = ", ".join(map(str, image_shape))
         raise ValueError(f"Expected images of shape (N, {expected}). Received: images.shape={images.shape}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    elif labels.ndim == 2 and labels.shape[1] == num_classes:
-        one_hot = np.all((labels == 0) | (labels == 1), axis=1) & (labels.sum(axis=1) == 1)
-        if not one_hot.all():
-            row = int(np.argmin(one_hot))
-            raise ValueError(
-                f"Expected one-hot label rows (a single 1). Received: labels[{row}]={labels[row].tolist()}"
-            )
-        labels = labels.argmax(axis=1)
-    if labels.ndim != 1:
-        expected = f"(N,), (N, 1) or (N, {num_classes})"
-        raise ValueError(f"Expected labels of shape {expected}. Received: labels.shape={labels.shape}")
+    labels = check_labels(labels, num_classes)
     if len(images) != len(labels):
         raise ValueError(
             f"Expected one label per image. Received: images.shape={images.shape}, labels.shape={labels.shape}"
@@ -136,13 +124,37 @@ def check_digits(
             f"Expected images in [-1, 1] without NaN ({_SCALE_HINT}). "
             f"Received: images.min()={images.min()}, images.max()={images.max()}"
         )
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Expected integer class indices. Received: labels.dtype={labels.dtype}")
+    return images.astype(np.float32, copy=False), labels
+
+
+def check_labels(labels, num_classes: int = NUM_CLASSES, name: str = "labels") -> np.ndarray:
+    """Checks class labels and returns them as int32 `(N,)` in 0..num_classes-1.
+
+    Args:
+        labels: integer class indices `(N,)` or `(N, 1)`, or one-hot
+            `(N, num_classes)`.
+        num_classes: number of digit classes.
+        name: what the error messages call them.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    elif labels.ndim == 2 and labels.shape[1] == num_classes:
+        one_hot = np.all((labels == 0) | (labels == 1), axis=1) & (labels.sum(axis=1) == 1)
+        if not one_hot.all():
+            row = int(np.argmin(one_hot))
+            raise ValueError(f"Expected one-hot rows (a single 1). Received: {name}[{row}]={labels[row].tolist()}")
+        labels = labels.argmax(axis=1)
+    if labels.ndim != 1:
+        expected = f"(N,), (N, 1) or (N, {num_classes})"
+        raise ValueError(f"Expected {name} of shape {expected}. Received: {name}.shape={labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Expected integer class indices. Received: {name}.dtype={labels.dtype}")
     out_of_range = (labels < 0) | (labels >= num_classes)
     if out_of_range.any():
         row = int(np.argmax(out_of_range))
-        raise ValueError(f"Expected class indices in 0..{num_classes - 1}. Received: labels[{row}]={labels[row]}")
-    return images.astype(np.float32, copy=False), labels.astype(np.int32, copy=False)
+        raise ValueError(f"Expected class indices in 0..{num_classes - 1}. Received: {name}[{row}]={labels[row]}")
+    return labels.astype(np.int32, copy=False)
 
 
 def check_batch_size(count: int, batch_size: int) -> None:

@@ -74,15 +74,13 @@ class ConditionalGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_integers(latent_dim=latent_dim, num_classes=num_classes)
-        latent_dim, num_classes = int(latent_dim), int(num_classes)  # numpy's too, and saved as JSON
+        check_positive_integers(
+            latent_dim=latent_dim, num_classes=num_classes, ema_statistics_every=ema_statistics_every
+        )
+        # numpy's integers too, and saved as JSON
+        latent_dim, num_classes, ema_statistics_every = int(latent_dim), int(num_classes), int(ema_statistics_every)
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
-        if not isinstance(ema_statistics_every, int) or ema_statistics_every < 1:
-            raise ValueError(
-                "`ema_statistics_every` must be a positive integer. "
-                f"Received: ema_statistics_every={ema_statistics_every!r}"
-            )
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
@@ -109,6 +107,26 @@ class ConditionalGAN(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker, self.d_loss_tracker, self.g_loss_tracker, self.d_real_accuracy, self.d_fake_accuracy]
+
+    @property
+    def trainable_weights(self):
+        """Both networks' trainable weights; not the EMA copy's, which follow the generator's by assignment."""
+        averaged = {id(weight) for weight in self.ema_generator.weights} if self.ema_generator is not None else set()
+        return [weight for weight in super().trainable_weights if id(weight) not in averaged]
+
+    trainable_variables = trainable_weights  # as in Keras: the same list
+
+    @property
+    def non_trainable_weights(self):
+        """BatchNorm's statistics and the EMA copy's weights."""
+        trainable = {id(weight) for weight in self.trainable_weights}
+        return [weight for weight in self.weights if id(weight) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        """`non_trainable_weights`, the metrics' state and the noise generator's."""
+        trainable = {id(weight) for weight in self.trainable_weights}
+        return [variable for variable in self.variables if id(variable) not in trainable]
 
     def compile(
         self,
@@ -239,9 +257,16 @@ class ConditionalGAN(keras.Model):
 
         Returns:
             float32 `(N, H, W, C)` in [-1, 1].
+
+        Raises:
+            ValueError: called eagerly (not inside `predict` or a `tf.function`,
+                where the values are not at hand) with digits out of
+                0..num_classes-1, not integers, or not one-hot rows.
         """
         digits, noise = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         generator = self.generator if training else self.inference_generator
+        if tf.executing_eagerly():  # values at hand: a digit out of range would one-hot to zeros, silently
+            digits = data.check_labels(ops.convert_to_numpy(digits), self.num_classes, name="digits")
         digits = ops.convert_to_tensor(digits)
         if len(digits.shape) == 2:
             digits = ops.argmax(digits, axis=-1)

@@ -17,6 +17,10 @@ def weights_of(model):
     return [weight.numpy() for weight in model.trainable_weights]
 
 
+def parameter_count(weights):
+    return sum(int(np.prod(weight.shape)) for weight in weights)
+
+
 def changed(before, after):
     return any(not np.array_equal(b, a) for b, a in zip(before, after, strict=True))
 
@@ -173,6 +177,13 @@ def test_calling_or_predicting_on_digits_returns_images():
     assert gan.predict(keras.utils.to_categorical(digits, 10), verbose=0).shape == (3, 28, 28, 1)
     noise = np.zeros((3, LATENT_DIM), "float32")
     np.testing.assert_allclose(gan((digits, noise)), gan((digits, noise)))
+    # Out of range, a digit would one-hot to zeros and draw something that is no digit.
+    with pytest.raises(ValueError, match=re.escape("Expected class indices in 0..9. Received: digits[1]=12")):
+        gan(np.array([3, 12]))
+    with pytest.raises(ValueError, match=re.escape("Expected one-hot rows (a single 1). Received: digits[0]=")):
+        gan(np.ones((1, 10), "float32"))
+    with pytest.raises(ValueError, match="Received: digits.dtype=float32"):
+        gan(np.array([1.5], "float32"))
 
 
 def test_the_ema_generator_averages_the_weights_and_is_what_is_sampled(digits):
@@ -193,6 +204,20 @@ def test_the_ema_generator_averages_the_weights_and_is_what_is_sampled(digits):
     assert changed(initial_statistics, ema_statistics)
     assert changed([w.numpy() for w in gan.generator.non_trainable_weights], ema_statistics)
     assert gan.inference_generator is gan.ema_generator
+
+
+def test_keras_counts_the_ema_copy_as_not_trainable():
+    gan = tiny_gan()
+    networks = (gan.generator, gan.discriminator)
+    assert parameter_count(gan.trainable_weights) == sum(parameter_count(n.trainable_weights) for n in networks)
+    statistics = sum(parameter_count(network.non_trainable_weights) for network in networks)
+    assert parameter_count(gan.non_trainable_weights) == statistics + parameter_count(gan.ema_generator.weights)
+    lines = []
+    gan.summary(print_fn=lambda line, **_: lines.append(line))
+    assert f"Trainable params: {parameter_count(gan.trainable_weights):,} " in "\n".join(lines)
+    split = sorted(map(id, gan.trainable_variables + gan.non_trainable_variables))
+    assert split == sorted(map(id, gan.variables))  # each variable exactly once
+    assert list(map(id, gan.trainable_variables)) == list(map(id, gan.trainable_weights))
 
 
 def test_the_ema_statistics_stride_changes_only_the_averaged_generators_batchnorm_statistics(digits):
@@ -216,7 +241,7 @@ def test_without_ema_the_generator_itself_is_sampled():
     assert gan.ema_generator is None and gan.inference_generator is gan.generator
     with pytest.raises(ValueError, match="Received: ema_decay=1"):
         ConditionalGAN(latent_dim=LATENT_DIM, ema_decay=1)
-    for arguments in (dict(latent_dim=0), dict(latent_dim=8.0), dict(num_classes=0)):
+    for arguments in (dict(latent_dim=0), dict(latent_dim=8.0), dict(num_classes=0), dict(ema_statistics_every=True)):
         with pytest.raises(ValueError, match="must be a positive integer"):
             ConditionalGAN(**{"latent_dim": LATENT_DIM, **arguments})
     assert type(ConditionalGAN(latent_dim=np.int64(LATENT_DIM)).get_config()["latent_dim"]) is int  # saves as JSON
