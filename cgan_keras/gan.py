@@ -51,6 +51,9 @@ class ConditionalGAN(keras.Model):
             would (when each replica's share of the batch is a multiple).
         seed: seed of the noise and digits drawn in each step; `None` draws
             a random one.
+        **kwargs: `keras.Model`'s; its `dtype` (e.g. `"mixed_float16"`) is
+            also the policy of the networks built here (networks given keep
+            their own).
 
     Example:
 
@@ -85,8 +88,9 @@ class ConditionalGAN(keras.Model):
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
         self.seed = seed
-        self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
-        self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
+        with models.global_policy(self.dtype_policy):  # `dtype=` reaches the networks built here
+            self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
+            self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
         models.check_generator(self.generator, latent_dim, self.image_shape)
         self.ema_decay = ema_decay
         self.ema_statistics_every = ema_statistics_every

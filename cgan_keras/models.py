@@ -15,6 +15,7 @@ holds the generator to digits that are both cleaner and more varied than
 the two-convolution one did.
 """
 
+import contextlib
 import warnings
 
 import keras
@@ -22,6 +23,17 @@ from keras import layers
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+
+
+@contextlib.contextmanager
+def global_policy(policy):
+    """Layers built inside take the dtype `policy` (a name or `keras.DTypePolicy`); the global one comes back after."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _one_hot(digit, num_classes, name):

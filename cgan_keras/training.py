@@ -67,55 +67,48 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
     # With several replicas, BatchNorm shares its batch statistics so that N
     # replicas of batch B/N train as one device of batch B would.
     synchronized = strategy.num_replicas_in_sync > 1
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy or distribute.mixed_precision_policy(config.mixed_precision))
-    try:
-        with strategy.scope():
-            if config.preset == "seed":
-                generator = models.build_generator(
-                    config.latent_dim,
-                    filters=config.generator_filters,
-                    batch_norm_scale=False,
-                    synchronized_batch_norm=synchronized,
-                    digit_at_every_scale=config.digit_at_every_scale,
-                )
-                discriminator = models.build_seed_discriminator(
-                    filters=config.discriminator_filters, synchronized_batch_norm=synchronized
-                )
-            else:
-                generator = models.build_generator(
-                    config.latent_dim,
-                    filters=config.generator_filters,
-                    synchronized_batch_norm=synchronized,
-                    digit_at_every_scale=config.digit_at_every_scale,
-                )
-                discriminator = models.build_discriminator(
-                    filters=config.discriminator_filters, projection=config.projection
-                )
-            gan = ConditionalGAN(
+    # Only the GAN's layers take the policy; a judge built later stays float32.
+    with models.global_policy(policy or distribute.mixed_precision_policy(config.mixed_precision)), strategy.scope():
+        if config.preset == "seed":
+            generator = models.build_generator(
                 config.latent_dim,
-                generator=generator,
-                discriminator=discriminator,
-                ema_decay=config.ema_decay,
-                ema_statistics_every=config.ema_statistics_every,
-                seed=config.seed,
+                filters=config.generator_filters,
+                batch_norm_scale=False,
+                synchronized_batch_norm=synchronized,
+                digit_at_every_scale=config.digit_at_every_scale,
             )
-            gan.compile(
-                generator_optimizer=_optimizer(config, config.generator_learning_rate, updates_per_step=1),
-                # The discriminator's optimizer steps twice per training step (fake batch, real batch).
-                discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
-                label_smoothing=config.label_smoothing,
-                r1_gamma=config.r1_gamma,
-                r1_every=config.r1_every,
-                r1_interval=config.r1_interval,
-                loss=keras.losses.Hinge()
-                if config.loss == "hinge"
-                else keras.losses.BinaryCrossentropy(from_logits=True),
-                jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
+            discriminator = models.build_seed_discriminator(
+                filters=config.discriminator_filters, synchronized_batch_norm=synchronized
             )
-    finally:
-        # Only the GAN's layers take the policy; a judge built later stays float32.
-        keras.mixed_precision.set_global_policy(previous_policy)
+        else:
+            generator = models.build_generator(
+                config.latent_dim,
+                filters=config.generator_filters,
+                synchronized_batch_norm=synchronized,
+                digit_at_every_scale=config.digit_at_every_scale,
+            )
+            discriminator = models.build_discriminator(
+                filters=config.discriminator_filters, projection=config.projection
+            )
+        gan = ConditionalGAN(
+            config.latent_dim,
+            generator=generator,
+            discriminator=discriminator,
+            ema_decay=config.ema_decay,
+            ema_statistics_every=config.ema_statistics_every,
+            seed=config.seed,
+        )
+        gan.compile(
+            generator_optimizer=_optimizer(config, config.generator_learning_rate, updates_per_step=1),
+            # The discriminator's optimizer steps twice per training step (fake batch, real batch).
+            discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
+            label_smoothing=config.label_smoothing,
+            r1_gamma=config.r1_gamma,
+            r1_every=config.r1_every,
+            r1_interval=config.r1_interval,
+            loss=keras.losses.Hinge() if config.loss == "hinge" else keras.losses.BinaryCrossentropy(from_logits=True),
+            jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
+        )
     return gan
 
 

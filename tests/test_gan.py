@@ -236,6 +236,15 @@ def test_the_ema_statistics_stride_changes_only_the_averaged_generators_batchnor
         ConditionalGAN(latent_dim=LATENT_DIM, ema_statistics_every=0)
 
 
+def test_a_dtype_policy_reaches_the_networks_the_gan_builds():
+    gan = ConditionalGAN(latent_dim=LATENT_DIM, dtype="mixed_float16")
+    for network in (gan.generator, gan.discriminator, gan.ema_generator):
+        assert "float16" in {layer.compute_dtype for layer in network.layers}, network.name
+    gan.compile()
+    assert isinstance(gan.discriminator_optimizer, keras.optimizers.LossScaleOptimizer)
+    assert keras.mixed_precision.global_policy().name == "float32"  # as it was
+
+
 def test_without_ema_the_generator_itself_is_sampled():
     gan = tiny_gan(ema_decay=0.0)
     assert gan.ema_generator is None and gan.inference_generator is gan.generator
