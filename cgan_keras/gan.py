@@ -196,16 +196,15 @@ class ConditionalGAN(keras.Model):
         r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
         r1_every = recipe.r1_every if r1_every is None else r1_every
         r1_interval = recipe.r1_interval if r1_interval is None else r1_interval
-        if r1_gamma < 0 or not all(isinstance(value, int) and value >= 1 for value in (r1_every, r1_interval)):
-            raise ValueError(
-                "`r1_gamma` must be >= 0, and `r1_every` and `r1_interval` positive integers. "
-                f"Received: r1_gamma={r1_gamma}, r1_every={r1_every!r}, r1_interval={r1_interval!r}"
-            )
+        if not r1_gamma >= 0:
+            raise ValueError(f"`r1_gamma` must be >= 0. Received: r1_gamma={r1_gamma}")
+        check_positive_integers(r1_every=r1_every, r1_interval=r1_interval)
+        r1_every, r1_interval = int(r1_every), int(r1_interval)  # numpy's too, and saved as JSON
         generator_optimizer = keras.optimizers.get(
-            generator_optimizer or _recipe_adam(recipe, recipe.generator_learning_rate)
+            generator_optimizer or recipe_optimizer(recipe, recipe.generator_learning_rate, updates_per_step=1)
         )
         discriminator_optimizer = keras.optimizers.get(
-            discriminator_optimizer or _recipe_adam(recipe, recipe.discriminator_learning_rate)
+            discriminator_optimizer or recipe_optimizer(recipe, recipe.discriminator_learning_rate, updates_per_step=2)
         )
         if generator_optimizer is discriminator_optimizer:
             raise ValueError(
@@ -558,6 +557,16 @@ def _replica_context():
     return context.num_replicas_in_sync, context.replica_id_in_sync_group
 
 
-def _recipe_adam(recipe, learning_rate):
-    """The default recipe's Adam (`TrainConfig`'s betas), so `compile()` trains as `train.py` does."""
-    return keras.optimizers.Adam(learning_rate, beta_1=recipe.beta_1, beta_2=recipe.beta_2)
+def recipe_optimizer(config, learning_rate, updates_per_step):
+    """A new optimizer as `config` (a `TrainConfig`) describes it, at `learning_rate`.
+
+    `updates_per_step`: how many times per training step it updates (the
+    discriminator's: twice, fake batch then real), so that a cosine decay
+    reaches 0 at the run's last step.
+    """
+    if config.cosine_decay:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.steps * updates_per_step)
+    if config.optimizer == "adadelta":
+        # The seed's AdaDelta: rho 0.92, epsilon 1e-6, each gradient element clipped to [-1, 1].
+        return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0)
+    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)

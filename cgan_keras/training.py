@@ -42,7 +42,7 @@ from cgan_keras.callbacks import (
     global_step,
 )
 from cgan_keras.config import TrainConfig
-from cgan_keras.gan import ConditionalGAN
+from cgan_keras.gan import ConditionalGAN, recipe_optimizer
 from cgan_keras.metrics import report
 from cgan_keras.sampler import DigitSampler
 
@@ -99,9 +99,8 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
             seed=config.seed,
         )
         gan.compile(
-            generator_optimizer=_optimizer(config, config.generator_learning_rate, updates_per_step=1),
-            # The discriminator's optimizer steps twice per training step (fake batch, real batch).
-            discriminator_optimizer=_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
+            generator_optimizer=recipe_optimizer(config, config.generator_learning_rate, updates_per_step=1),
+            discriminator_optimizer=recipe_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
             label_smoothing=config.label_smoothing,
             r1_gamma=config.r1_gamma,
             r1_every=config.r1_every,
@@ -110,15 +109,6 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
             jit_compile=config.jit_compile == "on" if jit_compile is None else jit_compile,
         )
     return gan
-
-
-def _optimizer(config, learning_rate, updates_per_step):
-    if config.cosine_decay:
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.steps * updates_per_step)
-    if config.optimizer == "adadelta":
-        # The seed's AdaDelta: rho 0.92, epsilon 1e-6, each gradient element clipped to [-1, 1].
-        return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0)
-    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
 
 
 def prepare_directory(config, resume=False, overwrite=False):

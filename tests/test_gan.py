@@ -257,7 +257,7 @@ def test_without_ema_the_generator_itself_is_sampled():
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):
-    gan = tiny_gan(r1_gamma=0.5, r1_every=2, r1_interval=3)
+    gan = tiny_gan(r1_gamma=0.5, r1_every=np.int64(2), r1_interval=3)
     gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
     gan.save(tmp_path / "gan.keras")
     with warnings.catch_warnings():
@@ -408,7 +408,16 @@ def test_r1_shrinks_the_discriminators_gradient_on_real_digits(digits):
 
 
 @pytest.mark.parametrize(
-    "arguments", [dict(r1_gamma=-1.0), dict(r1_every=0), dict(r1_every=2.5), dict(r1_interval=0), dict(r1_interval=2.0)]
+    "arguments",
+    [
+        dict(r1_gamma=-1.0),
+        dict(r1_gamma=float("nan")),
+        dict(r1_every=0),
+        dict(r1_every=2.5),
+        dict(r1_every=True),
+        dict(r1_interval=0),
+        dict(r1_interval=2.0),
+    ],
 )
 def test_compile_rejects_bad_r1_settings(arguments):
     with pytest.raises(ValueError, match="r1_"):
