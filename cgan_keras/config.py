@@ -147,7 +147,7 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
-        if self.eval_every < 0 or self.eval_every % self.log_every:
+        if not _is_integer(self.eval_every) or self.eval_every < 0 or self.eval_every % self.log_every:
             raise ValueError(
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
                 f"Received: eval_every={self.eval_every}"

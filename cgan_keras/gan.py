@@ -9,6 +9,7 @@ flipped labels (its fakes labelled real).
 
 import contextlib
 import functools
+import math
 
 import keras
 import numpy as np
@@ -88,7 +89,7 @@ class ConditionalGAN(keras.Model):
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
         self.seed = seed
-        with models.global_policy(self.dtype_policy):  # `dtype=` reaches the networks built here
+        with models.policy_scope(self.dtype_policy):  # `dtype=` reaches the networks built here
             self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
             self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
         models.check_generator(self.generator, latent_dim, self.image_shape)
@@ -115,7 +116,8 @@ class ConditionalGAN(keras.Model):
     @property
     def trainable_weights(self):
         """Both networks' trainable weights; not the EMA copy's, which follow the generator's by assignment."""
-        averaged = {id(weight) for weight in self.ema_generator.weights} if self.ema_generator is not None else set()
+        average = getattr(self, "ema_generator", None)  # read by Keras before `__init__` sets it, too
+        averaged = {id(weight) for weight in average.weights} if average is not None else set()
         return [weight for weight in super().trainable_weights if id(weight) not in averaged]
 
     trainable_variables = trainable_weights  # as in Keras: the same list
@@ -128,7 +130,7 @@ class ConditionalGAN(keras.Model):
 
     @property
     def non_trainable_variables(self):
-        """`non_trainable_weights`, the metrics' state and the noise generator's."""
+        """`non_trainable_weights` and the noise generator's state (the metrics' is in `metrics_variables`)."""
         trainable = {id(weight) for weight in self.trainable_weights}
         return [variable for variable in self.variables if id(variable) not in trainable]
 
@@ -196,8 +198,8 @@ class ConditionalGAN(keras.Model):
         r1_gamma = recipe.r1_gamma if r1_gamma is None else r1_gamma
         r1_every = recipe.r1_every if r1_every is None else r1_every
         r1_interval = recipe.r1_interval if r1_interval is None else r1_interval
-        if not r1_gamma >= 0:
-            raise ValueError(f"`r1_gamma` must be >= 0. Received: r1_gamma={r1_gamma}")
+        if not 0 <= r1_gamma < math.inf:
+            raise ValueError(f"`r1_gamma` must be a finite number >= 0. Received: r1_gamma={r1_gamma}")
         check_positive_integers(r1_every=r1_every, r1_interval=r1_interval)
         r1_every, r1_interval = int(r1_every), int(r1_interval)  # numpy's too, and saved as JSON
         generator_optimizer = keras.optimizers.get(
@@ -254,7 +256,7 @@ class ConditionalGAN(keras.Model):
         """Generates images.
 
         Args:
-            inputs: digits, int `(N,)` or one-hot `(N, num_classes)`, or a
+            inputs: digits, int `(N,)` or `(N, 1)`, or one-hot `(N, num_classes)`, or a
                 tuple `(digits, noise)` with noise float32 `(N, latent_dim)`.
             training: run BatchNorm in training mode.
 
@@ -271,8 +273,10 @@ class ConditionalGAN(keras.Model):
         if tf.executing_eagerly():  # values at hand: a digit out of range would one-hot to zeros, silently
             digits = data.check_labels(ops.convert_to_numpy(digits), self.num_classes, name="digits")
         digits = ops.convert_to_tensor(digits)
-        if len(digits.shape) == 2:
-            digits = ops.argmax(digits, axis=-1)
+        if digits.ndim != 1:  # one-hot rows or indices (N, 1); `predict` retraces with the rank unknown
+            rows = tf.reshape(digits, [tf.shape(digits)[0], -1])  # `ops.shape` needs the rank
+            is_index_column = ops.shape(rows)[1] == 1
+            digits = ops.where(is_index_column, ops.cast(rows[:, 0], "int32"), ops.cast(ops.argmax(rows, -1), "int32"))
         digits = ops.cast(digits, "int32")
         if noise is None:
             noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.seed_generator)

@@ -26,7 +26,7 @@ NUM_CLASSES = 10
 
 
 @contextlib.contextmanager
-def global_policy(policy):
+def policy_scope(policy):
     """Layers built inside take the dtype `policy` (a name or `keras.DTypePolicy`); the global one comes back after."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)

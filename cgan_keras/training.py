@@ -68,7 +68,7 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
     # replicas of batch B/N train as one device of batch B would.
     synchronized = strategy.num_replicas_in_sync > 1
     # Only the GAN's layers take the policy; a judge built later stays float32.
-    with models.global_policy(policy or distribute.mixed_precision_policy(config.mixed_precision)), strategy.scope():
+    with models.policy_scope(policy or distribute.mixed_precision_policy(config.mixed_precision)), strategy.scope():
         if config.preset == "seed":
             generator = models.build_generator(
                 config.latent_dim,

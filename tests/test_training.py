@@ -154,6 +154,7 @@ def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
         (dict(beta_2=1.0), "`beta_2` must be in [0, 1)"),
         (dict(seed=-1), "`seed` must be an integer in [0, 2**32). Received: seed=-1"),
         (dict(steps=True), "`steps` must be a positive integer. Received: steps=True"),
+        (dict(eval_every=200.0), "`eval_every` must be 0 or a multiple of `log_every`"),
         (dict(seed=True), "`seed` must be an integer in [0, 2**32). Received: seed=True"),
         (dict(intra_op_threads=True), "`intra_op_threads` must be 0 (auto) or a positive integer"),
         (dict(generator_filters=(8, True)), "`generator_filters` must be positive integers"),
