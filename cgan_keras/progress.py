@@ -12,7 +12,7 @@ class RunProgress(keras.callbacks.Callback):
 
     On a terminal, one line redrawn in place at most every `interval` seconds:
 
-        step 1,700/5,000 [=======>.............] 34%  4.2 steps/s  ETA 13:05  d_loss 1.234  g_loss 0.9871
+        step 1,700/5,000 [=======>.............] 34%  4.2 steps/s  ETA 13:05  d_loss 1.2340  g_loss 0.9871
 
     Elsewhere (a log file, a pipe), the same fields without the bar, as one
     line at each epoch end (each `log_every` steps in `train.py`).
@@ -93,7 +93,7 @@ class RunProgress(keras.callbacks.Callback):
         fields.append(f"{rate:.3g} steps/s" if rate else "- steps/s")
         left = self.total_steps - self._step
         fields.append(f"ETA {_duration(left / rate if left else 0)}" if rate or not left else "ETA -")
-        fields += [f"{key} {self._values[key]:.4g}" for key in self.keys if key in self._values]
+        fields += [f"{key} {_figure(self._values[key])}" for key in self.keys if key in self._values]
         return "  ".join(fields)
 
     def _draw(self, logs, now):
@@ -124,3 +124,8 @@ def _duration(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def _figure(value):
+    """A logged figure as Keras' progress bar writes it: 4 decimals, so the columns keep their width."""
+    return f"{value:.4f}" if abs(value) > 1e-3 else f"{value:.4e}"

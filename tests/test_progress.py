@@ -1,4 +1,5 @@
 import io
+import re
 
 import keras
 from support import tiny_gan
@@ -22,7 +23,8 @@ def test_a_log_file_gets_one_line_per_epoch_with_the_run_s_step_and_figures(digi
     assert [line.split("  ")[0] for line in lines] == ["step 3/6", "step 6/6"]
     assert all(" steps/s" in line and "d_loss " in line and "g_loss " in line for line in lines)
     assert "ETA 0:00" in lines[1]
-    assert lines[0].endswith("label_accuracy 0.5") and lines[1].endswith("label_accuracy 0.5")  # NaN keeps the last
+    assert lines[0].endswith("label_accuracy 0.5000") and lines[1].endswith("label_accuracy 0.5000")  # NaN: the last
+    assert all(re.search(r"  d_loss -?\d+\.\d{4}  g_loss -?\d+\.\d{4}  ", line) for line in lines)  # 0.64 as 0.6400
 
 
 def test_a_resumed_run_continues_from_its_step_across_fit_calls(digits):
