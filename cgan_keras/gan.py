@@ -18,6 +18,7 @@ from keras import ops
 
 from cgan_keras import data, ema, losses, models
 from cgan_keras.config import TrainConfig, check_positive_integers
+from cgan_keras.labels import check_labels
 
 _STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
 
@@ -271,7 +272,7 @@ class ConditionalGAN(keras.Model):
         digits, noise = inputs if isinstance(inputs, (tuple, list)) else (inputs, None)
         generator = self.generator if training else self.inference_generator
         if tf.executing_eagerly():  # values at hand: a digit out of range would one-hot to zeros, silently
-            digits = data.check_labels(ops.convert_to_numpy(digits), self.num_classes, name="digits")
+            digits = check_labels(ops.convert_to_numpy(digits), self.num_classes, name="digits")
         digits = ops.convert_to_tensor(digits)
         if digits.ndim != 1:  # one-hot rows or indices (N, 1); `predict` retraces with the rank unknown
             rows = tf.reshape(digits, [tf.shape(digits)[0], -1])  # `ops.shape` needs the rank

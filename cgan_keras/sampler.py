@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cgan_keras.artifacts import first_line
+from cgan_keras.labels import check_labels
 
 BATCH_SIZE = 1024  # digits per forward pass: bounds memory for any count
 # The tightest truncation: at +-0.01 already 99% of the normal's values are redrawn, and the
@@ -106,7 +107,8 @@ class DigitSampler:
         """Generates one image per digit, with noise from `np.random.default_rng(seed)`.
 
         Args:
-            digits: ints in `[0, num_classes)`, shape `(N,)`.
+            digits: class indices `(N,)` or `(N, 1)` in `[0, num_classes)`, or one-hot
+                `(N, num_classes)` (`labels.check_labels`).
             seed: seed of the noise; the same seed gives the same images from
                 every constructor.
             truncation: `None`, or a float `t >= MIN_TRUNCATION`: noise from a standard
@@ -123,7 +125,7 @@ class DigitSampler:
 
         Memory stays bounded for any count, and the images are those `__call__` returns.
         """
-        digits = self._check_digits(digits)
+        digits = check_labels(digits, self.num_classes, name="digits")
         noise = noise_batches(len(digits), self.latent_dim, seed, truncation)
         for start, batch_noise in zip(range(0, len(digits), BATCH_SIZE), noise, strict=True):
             yield start, self.forward(digits[start : start + len(batch_noise)], batch_noise)
@@ -132,13 +134,14 @@ class DigitSampler:
         """Generates one image per digit from given noise.
 
         Args:
-            digits: ints in `[0, num_classes)`, shape `(N,)`.
+            digits: class indices `(N,)` or `(N, 1)` in `[0, num_classes)`, or one-hot
+                `(N, num_classes)` (`labels.check_labels`).
             noise: float `(N, latent_dim)`.
 
         Returns:
             numpy float32 `(N, H, W, C)` in [0, 1].
         """
-        digits = self._check_digits(digits)
+        digits = check_labels(digits, self.num_classes, name="digits")
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != (len(digits), self.latent_dim):
             raise ValueError(
@@ -162,7 +165,7 @@ class DigitSampler:
             ValueError: a digit out of range, `frames < 2`, `count < 1`, or a
                 model without a condition input (`on_condition` is None).
         """
-        self._check_digits([start, end])
+        start, end = check_labels([start, end], self.num_classes, name="digits")
         if frames < 2 or count < 1:
             raise ValueError(f"Expected frames >= 2 and count >= 1. Received: frames={frames}, count={count}")
         if self.on_condition is None:
@@ -180,15 +183,6 @@ class DigitSampler:
             for start in range(0, len(noise), BATCH_SIZE)
         ]
         return np.concatenate([*batches, np.zeros((0, *self.image_shape), np.float32)])
-
-    def _check_digits(self, digits):
-        given = np.asarray(digits)
-        if (given.size and not np.issubdtype(given.dtype, np.integer)) or given.ndim > 1:
-            raise ValueError(f"Digits must be integers, one per image: (N,). Received: digits={given!r:.80}")
-        digits = given.astype(np.int32).reshape(-1)
-        if digits.size and (digits.min() < 0 or digits.max() >= self.num_classes):
-            raise ValueError(f"Digits must be in [0, {self.num_classes}). Received: digits={digits}")
-        return digits
 
     @classmethod
     def from_gan(cls, gan):

@@ -69,11 +69,17 @@ def test_call_batches_and_from_noise_agree_on_any_count():
 
 def test_sampler_rejects_bad_digits_noise_and_truncation():
     sampler = fake_sampler()
-    with pytest.raises(ValueError, match=r"Digits must be in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"class indices in 0..9. Received: digits\[1\]=10"):
         sampler([3, 10])
-    for digits in ([7.9], [[1, 2], [3, 4]], [True]):  # were cut to 7, flattened, taken as 1
-        with pytest.raises(ValueError, match=r"Digits must be integers, one per image: \(N,\)"):
+    for digits in ([7.9], [True]):  # would be cut to 7, taken as 1
+        with pytest.raises(ValueError, match="Expected integer class indices. Received: digits.dtype="):
             sampler(digits)
+    for digits in ([[1, 2], [3, 4]], 7):
+        with pytest.raises(ValueError, match=r"Expected digits of shape \(N,\), \(N, 1\) or \(N, 10\)"):
+            sampler(digits)
+    # The layouts ConditionalGAN takes draw the same images.
+    np.testing.assert_array_equal(sampler([[3], [8]], seed=2), sampler([3, 8], seed=2))
+    np.testing.assert_array_equal(sampler(np.eye(10, dtype=np.int32)[[3, 8]], seed=2), sampler([3, 8], seed=2))
     with pytest.raises(ValueError, match="Received: noise.shape=\\(2, 3\\)"):
         sampler.from_noise([1, 2], np.zeros((2, 3)))
     with pytest.raises(ValueError, match="Received: truncation=0"):
@@ -144,7 +150,7 @@ def test_interpolation_goes_from_the_first_digit_to_the_second_and_agrees_across
 
 def test_interpolation_rejects_bad_arguments_and_models_without_a_condition_input():
     sampler = fake_sampler()
-    with pytest.raises(ValueError, match=r"Digits must be in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"class indices in 0..9. Received: digits\[1\]=11"):
         sampler.interpolate(3, 11, frames=4, count=1)
     with pytest.raises(ValueError, match="frames >= 2 and count >= 1. Received: frames=1"):
         sampler.interpolate(3, 8, frames=1, count=1)
