@@ -226,10 +226,15 @@ class TrainConfig:
 
 
 def check_positive_integers(**arguments):
-    """Raises `ValueError` naming the first argument that is not a positive integer (numpy's count; `bool` does not)."""
+    """Returns the arguments' values as Python `int`s, in order (JSON-ready, numpy's converted).
+
+    Raises `ValueError` naming the first argument that is not a positive integer
+    (numpy's count; `bool` does not).
+    """
     for name, value in arguments.items():
         if not is_integer(value) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return tuple(int(value) for value in arguments.values())
 
 
 def is_integer(value):

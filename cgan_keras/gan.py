@@ -79,11 +79,9 @@ class ConditionalGAN(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_positive_integers(
+        latent_dim, num_classes, ema_statistics_every = check_positive_integers(
             latent_dim=latent_dim, num_classes=num_classes, ema_statistics_every=ema_statistics_every
         )
-        # numpy's integers too, and saved as JSON
-        latent_dim, num_classes, ema_statistics_every = int(latent_dim), int(num_classes), int(ema_statistics_every)
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
         self.latent_dim = latent_dim
@@ -201,8 +199,7 @@ class ConditionalGAN(keras.Model):
         r1_interval = recipe.r1_interval if r1_interval is None else r1_interval
         if not 0 <= r1_gamma < math.inf:
             raise ValueError(f"`r1_gamma` must be a finite number >= 0. Received: r1_gamma={r1_gamma}")
-        check_positive_integers(r1_every=r1_every, r1_interval=r1_interval)
-        r1_every, r1_interval = int(r1_every), int(r1_interval)  # numpy's too, and saved as JSON
+        r1_every, r1_interval = check_positive_integers(r1_every=r1_every, r1_interval=r1_interval)
         generator_optimizer = keras.optimizers.get(
             generator_optimizer or recipe_optimizer(recipe, recipe.generator_learning_rate, updates_per_step=1)
         )
