@@ -90,7 +90,7 @@ class RunProgress(keras.callbacks.Callback):
         rate = None
         if self._first is not None and self._step > self._first[0] and now > self._first[1]:
             rate = (self._step - self._first[0]) / (now - self._first[1])
-        fields.append(f"{rate:.3g} steps/s" if rate else "- steps/s")
+        fields.append(_rate(rate) if rate else "- steps/s")
         left = self.total_steps - self._step
         fields.append(f"ETA {_duration(left / rate if left else 0)}" if rate or not left else "ETA -")
         fields += [f"{key} {_figure(self._values[key])}" for key in self.keys if key in self._values]
@@ -124,6 +124,13 @@ def _duration(seconds):
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def _rate(steps_per_second):
+    """`14.4 steps/s`, or `2.5 s/step` below one step a second: one decimal either way, so the width holds."""
+    if steps_per_second >= 1:
+        return f"{steps_per_second:.1f} steps/s"
+    return f"{1 / steps_per_second:.1f} s/step"
 
 
 def _figure(value):
