@@ -5,12 +5,19 @@ network at any single step (Karras et al. 2018, Yazici et al. 2019); here the
 averaged copy is what is sampled, exported and evaluated.
 """
 
+import keras
 from keras import ops
 
 
 def averaged_copy(network):
-    """A network of the same architecture, name and weights: the average starts where `network` is."""
-    copy = network.__class__.from_config(network.get_config())
+    """A network of the same architecture, name and weights: the average starts where `network` is.
+
+    Its layers keep their names (the exported inputs `digit` and `noise` are
+    named by them); its variables' paths start with `ema/`, so that a model
+    holding both networks has unique paths, as `get_state_tree` requires.
+    """
+    with keras.name_scope("ema"):
+        copy = network.__class__.from_config(network.get_config())
     copy.set_weights(network.get_weights())
     return copy
 

@@ -133,6 +133,23 @@ class ConditionalGAN(keras.Model):
         trainable = {id(weight) for weight in self.trainable_weights}
         return [variable for variable in self.variables if id(variable) not in trainable]
 
+    def get_state_tree(self, value_format="backend_tensor"):
+        """Keras' state tree, with both optimizers' variables under `optimizer_variables` (Keras: `optimizer`'s)."""
+        tree = super().get_state_tree(value_format)
+        tree["optimizer_variables"] = self._create_nested_dict(self._optimizers_variables(), value_format)
+        return tree
+
+    def set_state_tree(self, state_tree):
+        """Assigns a `get_state_tree` back, both optimizers' variables included."""
+        state_tree = dict(state_tree)
+        optimizers_tree = state_tree.pop("optimizer_variables", None)
+        super().set_state_tree(state_tree)
+        if optimizers_tree is not None:
+            self._assign_variable_values(self._optimizers_variables(), self._flatten_nested_dict(optimizers_tree))
+
+    def _optimizers_variables(self):
+        return [*self.generator_optimizer.variables, *self.discriminator_optimizer.variables]
+
     def compile(
         self,
         generator_optimizer=None,
@@ -200,11 +217,9 @@ class ConditionalGAN(keras.Model):
         if not 0 <= r1_gamma < math.inf:
             raise ValueError(f"`r1_gamma` must be a finite number >= 0. Received: r1_gamma={r1_gamma}")
         r1_every, r1_interval = check_positive_integers(r1_every=r1_every, r1_interval=r1_interval)
-        generator_optimizer = keras.optimizers.get(
-            generator_optimizer or recipe_optimizer(recipe, recipe.generator_learning_rate, updates_per_step=1)
-        )
+        generator_optimizer = keras.optimizers.get(generator_optimizer or recipe_optimizer(recipe, "generator"))
         discriminator_optimizer = keras.optimizers.get(
-            discriminator_optimizer or recipe_optimizer(recipe, recipe.discriminator_learning_rate, updates_per_step=2)
+            discriminator_optimizer or recipe_optimizer(recipe, "discriminator")
         )
         if generator_optimizer is discriminator_optimizer:
             raise ValueError(
@@ -559,16 +574,20 @@ def _replica_context():
     return context.num_replicas_in_sync, context.replica_id_in_sync_group
 
 
-def recipe_optimizer(config, learning_rate, updates_per_step):
-    """A new optimizer as `config` (a `TrainConfig`) describes it, at `learning_rate`.
+def recipe_optimizer(config, network):
+    """A new optimizer for `network` (`"generator"` or `"discriminator"`) as `config` (a `TrainConfig`) describes it.
 
-    `updates_per_step`: how many times per training step it updates (the
-    discriminator's: twice, fake batch then real), so that a cosine decay
-    reaches 0 at the run's last step.
+    Named `<network>_optimizer`, so that its variables' paths are the same in
+    every `ConditionalGAN` (what `set_state_tree` matches by). A cosine decay
+    reaches 0 at the run's last step: the discriminator updates twice a step
+    (fake batch, then real).
     """
+    learning_rate = getattr(config, f"{network}_learning_rate")
     if config.cosine_decay:
+        updates_per_step = {"generator": 1, "discriminator": 2}[network]
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.steps * updates_per_step)
+    name = f"{network}_optimizer"
     if config.optimizer == "adadelta":
         # The seed's AdaDelta: rho 0.92, epsilon 1e-6, each gradient element clipped to [-1, 1].
-        return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0)
-    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+        return keras.optimizers.Adadelta(learning_rate, rho=0.92, epsilon=1e-6, clipvalue=1.0, name=name)
+    return keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2, name=name)

@@ -99,8 +99,8 @@ def build_gan(config, strategy=None, jit_compile=None, policy=None):
             seed=config.seed,
         )
         gan.compile(
-            generator_optimizer=recipe_optimizer(config, config.generator_learning_rate, updates_per_step=1),
-            discriminator_optimizer=recipe_optimizer(config, config.discriminator_learning_rate, updates_per_step=2),
+            generator_optimizer=recipe_optimizer(config, "generator"),
+            discriminator_optimizer=recipe_optimizer(config, "discriminator"),
             label_smoothing=config.label_smoothing,
             r1_gamma=config.r1_gamma,
             r1_every=config.r1_every,

@@ -222,6 +222,25 @@ def test_keras_counts_the_ema_copy_as_not_trainable():
     assert list(map(id, gan.trainable_variables)) == list(map(id, gan.trainable_weights))
 
 
+def test_the_state_tree_names_every_variable_once_and_restores_a_trained_gan(digits):
+    gan, other = tiny_gan(), tiny_gan(seed=1)
+    for model in (gan, other):
+        model.fit(*digits, batch_size=16, epochs=1, verbose=0)
+    tree = gan.get_state_tree()  # raised "variable path found twice" while the EMA copy shared the generator's paths
+    weighted_layers = [layer.name for layer in gan.ema_generator.layers if layer.weights]
+    assert list(tree["non_trainable_variables"]["ema"]) == weighted_layers
+    assert list(tree["optimizer_variables"]) == ["generator_optimizer", "discriminator_optimizer"]  # Keras: the first
+
+    def state(model):
+        optimizers = model.generator_optimizer.variables + model.discriminator_optimizer.variables
+        return [variable.numpy() for variable in model.variables + optimizers]
+
+    assert changed(state(gan), state(other))
+    other.set_state_tree(tree)
+    for mine, theirs in zip(state(gan), state(other), strict=True):
+        np.testing.assert_array_equal(theirs, mine)
+
+
 def test_the_ema_statistics_stride_changes_only_the_averaged_generators_batchnorm_statistics(digits):
     all_fakes, every_4th = (tiny_gan(ema_statistics_every=every) for every in (1, 4))
     for gan in (all_fakes, every_4th):
