@@ -152,12 +152,17 @@ def export_onnx(gan, path):
     Returns:
         `pathlib.Path` of the file.
 
+    Raises:
+        onnx.checker.ValidationError: the converted graph is not valid ONNX
+            (nothing is written).
+
     Example:
 
     >>> export_onnx(gan, "saved_models/cgan/generator.onnx")
     >>> DigitSampler.from_onnx("saved_models/cgan/generator.onnx")([7] * 9, seed=0)
     """
     # Imported here: tf2onnx takes a second to import and only exporting needs it.
+    import onnx
     import tf2onnx
 
     signature = _condition_signature(gan)
@@ -167,6 +172,8 @@ def export_onnx(gan, path):
     for key, value in {"latent_dim": gan.latent_dim, "num_classes": gan.num_classes}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
+    # tf2onnx logs a node it cannot convert and goes on; onnxruntime would refuse the file only when loading it.
+    onnx.checker.check_model(model, full_check=True)
     with atomic_path(path) as temporary:
         temporary.write_bytes(model.SerializeToString())
     return Path(path)
@@ -200,8 +207,10 @@ def _float32_copy(network):
     onnxruntime has no bfloat16 or float16 kernels for most of the generator's
     layers (e.g. ConvTranspose), and a bfloat16 SavedModel would be slow on CPUs
     without bfloat16, so a mixed-precision network is exported in float32.
+    Decided by its layers: a Functional network loaded from a `.keras` file
+    reports the global policy, whatever its layers compute in.
     """
-    if network.dtype_policy.compute_dtype == "float32":
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in network.layers):
         return network
     copy = keras.models.clone_model(
         network, clone_function=lambda layer: layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})

@@ -88,14 +88,14 @@ class ConditionalGAN(keras.Model):
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
         self.seed = seed
+        self.ema_decay = ema_decay
+        self.ema_statistics_every = ema_statistics_every
         with models.policy_scope(self.dtype_policy):  # `dtype=` reaches the networks built here
             self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
             self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
-        models.check_generator(self.generator, latent_dim, self.image_shape)
-        self.ema_decay = ema_decay
-        self.ema_statistics_every = ema_statistics_every
-        # Same architecture and name: its exports are "the generator".
-        self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
+            models.check_generator(self.generator, latent_dim, self.image_shape)
+            # Same architecture and name: its exports are "the generator".
+            self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.

@@ -165,8 +165,11 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["generator.onnx"]
 
 
-def test_a_mixed_precision_generator_exports_to_a_float32_onnx_and_saved_model(tmp_path):
+@pytest.mark.parametrize("loaded", [False, True], ids=["built", "loaded"])
+def test_a_mixed_precision_generator_exports_to_a_float32_onnx_and_saved_model(tmp_path, loaded):
     gan = training.build_gan(tiny_config(mixed_precision="on"))
+    if loaded:  # its networks then report the global policy (float32), whatever their layers compute in
+        gan = keras.models.load_model(save_model(gan, tmp_path / "gan.keras"))
     session = onnxruntime.InferenceSession(str(export_onnx(gan, tmp_path / "generator.onnx")))
     digits = np.arange(4, dtype=np.int32)
     noise = np.random.default_rng(1).standard_normal((4, LATENT_DIM)).astype("float32")
