@@ -97,6 +97,9 @@ class ConditionalGAN(keras.Model):
             # Same architecture and name: its exports are "the generator".
             self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
         self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
+        # `call` and `evaluate` draw from their own stream: drawing from the steps' would
+        # change the training that follows (`validation_data` would change the weights).
+        self.sample_seed_generator = keras.random.SeedGenerator(seed, name="sample_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -292,7 +295,7 @@ class ConditionalGAN(keras.Model):
             digits = ops.where(is_index_column, ops.cast(rows[:, 0], "int32"), ops.cast(ops.argmax(rows, -1), "int32"))
         digits = ops.cast(digits, "int32")
         if noise is None:
-            noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.seed_generator)
+            noise = keras.random.normal((ops.shape(digits)[0], self.latent_dim), seed=self.sample_seed_generator)
         return generator({"digit": digits, "noise": noise}, training=training)
 
     def fit(self, x=None, y=None, batch_size=None, shuffle=True, validation_data=None, **kwargs):
@@ -344,7 +347,8 @@ class ConditionalGAN(keras.Model):
 
     def train_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        noise, fake_digits, fake_target, real_target, fooled_target = self._fakes_and_targets(real_images)
+        fakes_and_targets = self._fakes_and_targets(real_images, self.seed_generator)
+        noise, fake_digits, fake_target, real_target, fooled_target = fakes_and_targets
         # The fakes are generated once: the discriminator learns from them with
         # the generator's tape paused, then the same forward pass is
         # differentiated for the generator's update.
@@ -384,7 +388,8 @@ class ConditionalGAN(keras.Model):
 
     def test_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        noise, fake_digits, fake_target, real_target, fooled_target = self._fakes_and_targets(real_images)
+        fakes_and_targets = self._fakes_and_targets(real_images, self.sample_seed_generator)
+        noise, fake_digits, fake_target, real_target, fooled_target = fakes_and_targets
         fake_images = self.generator({"digit": fake_digits, "noise": noise}, training=False)
         fake_logits = self.discriminator({"image": fake_images, "digit": fake_digits}, training=False)
         real_logits = self.discriminator({"image": real_images, "digit": real_digits}, training=False)
@@ -392,10 +397,10 @@ class ConditionalGAN(keras.Model):
         g_loss = self.generator_loss_fn(fooled_target, fake_logits)
         return self._update_metrics(d_loss, g_loss, real_logits, fake_logits)
 
-    def _fakes_and_targets(self, real_images):
+    def _fakes_and_targets(self, real_images, seed_generator):
         """This replica's fake noise and digits, and the step's targets: see `_fake_batch` and `_targets`."""
         batch_size = ops.shape(real_images)[0]
-        noise_and_digits = _fake_batch(self.seed_generator, batch_size, self.latent_dim, self.num_classes)
+        noise_and_digits = _fake_batch(seed_generator, batch_size, self.latent_dim, self.num_classes)
         return *noise_and_digits, *_targets(batch_size, self.label_smoothing)
 
     def _update_metrics(self, d_loss, g_loss, real_logits, fake_logits):

@@ -45,7 +45,7 @@ def test_replicas_generate_different_fakes():
     mirrored = distribute.make_strategy("mirrored", cpu_replicas=2)
     keras.utils.set_random_seed(0)
     gan = training.build_gan(TINY, mirrored)
-    per_replica = mirrored.run(lambda: gan._fakes_and_targets(tf.zeros((4, 28, 28, 1)))[0])
+    per_replica = mirrored.run(lambda: gan._fakes_and_targets(tf.zeros((4, 28, 28, 1)), gan.seed_generator)[0])
     first, second = (tensor.numpy() for tensor in mirrored.experimental_local_results(per_replica))
     assert first.shape == (4, TINY.latent_dim) and not np.allclose(first, second)
 
