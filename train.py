@@ -106,6 +106,7 @@ def _writes_out(config):
 
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
+    cli.survive_closed_stdout()  # a run stopped with its `| tee` still saves and exports
     cli.check_keras_backend("train.py")  # before the run lock and the timing child
     started = time.perf_counter()
     # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.
@@ -185,7 +186,10 @@ def main(argv=None):
         )
     except training.Interrupted as interruption:
         saved = "saved" if interruption.saved_here else "saved by the chief (worker 0)"
-        print(f"train.py: {interruption}; checkpoint and generator {saved} in {config.out}/; rerun with --resume")
+        print(
+            f"train.py: {interruption}; checkpoint and generator {saved} in {config.out}/; rerun with --resume",
+            file=sys.stderr,
+        )
         sys.exit(128 + interruption.signum)
     except TrainingDiverged as error:
         print(f"train.py: error: {error}; the last good checkpoint is kept in {config.out}/", file=sys.stderr)

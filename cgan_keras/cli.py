@@ -42,6 +42,46 @@ def fail(prog, message):
     sys.exit(2)
 
 
+def survive_closed_stdout():
+    """Makes stdout's reader going away (`train.py | tee log`, tee killed by the same Ctrl-C) cost the output only.
+
+    A write to a pipe with no reader raises `BrokenPipeError`; raised from the
+    progress line during a stop, it lost the stop's checkpoint and export.
+    From the first such error on, stdout's file descriptor points at
+    `os.devnull`, so every later write (and the flush at exit) succeeds.
+    """
+    if not isinstance(sys.stdout, _StdoutWithoutReader):
+        sys.stdout = _StdoutWithoutReader(sys.stdout)
+
+
+class _StdoutWithoutReader:
+    """`stream`, with writes and flushes that send it to `os.devnull` when its reader has gone."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+
 def check_keras_backend(prog):
     """Exits as `fail` does unless Keras would run on TensorFlow: the models, exports and judge are TensorFlow's."""
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")

@@ -21,8 +21,9 @@ import pytest
 import tensorflow as tf
 from support import TINY, hold_lock, mount_tmpfs
 
-from cgan_keras import export
+from cgan_keras import cli, export
 from cgan_keras.config import TrainConfig
+from cgan_keras.progress import RunProgress
 from cgan_keras.sampler import DigitSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -473,8 +474,8 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(trained_run):
     other.send_signal(signal.SIGTERM)
     (_, chief_out, chief_err), (_, other_out, other_err) = finish([chief, other], timeout=120)
     assert (chief.returncode, other.returncode) == (143, 143), chief_err + other_err
-    assert "train.py: stopped by SIGTERM (sent to another worker); checkpoint and generator saved in" in chief_out
-    assert "train.py: stopped by SIGTERM; checkpoint and generator saved by the chief (worker 0)" in other_out
+    assert "train.py: stopped by SIGTERM (sent to another worker); checkpoint and generator saved in" in chief_err
+    assert "train.py: stopped by SIGTERM; checkpoint and generator saved by the chief (worker 0)" in other_err
     assert "lost contact" not in chief_err + other_err
     newest = max((work / "stopped_workers" / "checkpoints").glob("step_*.keras"))  # the step they stopped at
     assert 10 <= int(newest.stem.removeprefix("step_")) < 5000
@@ -527,6 +528,19 @@ def test_an_out_path_that_cannot_be_written_exits_2(trained_run, script):
     result = run(script, *args, cwd=work)
     assert result.returncode == 2, result.stderr
     assert "cannot write" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
+
+
+def test_a_stdout_whose_reader_has_gone_swallows_the_writes_instead_of_raising(monkeypatch):
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        cli.survive_closed_stdout()
+        print("read", flush=True)
+        assert os.read(read_end, 100) == b"read\n"
+        os.close(read_end)
+        print("lost", flush=True)  # BrokenPipeError without the guard
+        RunProgress(10, interactive=False).on_epoch_end(0)
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
 
 
 def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(tmp_path):
@@ -618,12 +632,15 @@ def test_resume_with_only_damaged_checkpoints_exits_2_naming_them(trained_run):
     assert "damaged/checkpoints/step_000002.keras: " in last and last.endswith("pass --overwrite to start again")
 
 
-def stopped_at(moment, args, cwd):
-    """Runs train.py until it stops itself at `moment` of a write (CGAN_KERAS_STOP_AT); returns the process."""
+def stopped_at(moment, args, cwd, stdout=None):
+    """Runs train.py until it stops itself at `moment` of a write (CGAN_KERAS_STOP_AT); returns the process.
+
+    Its stderr, and its stdout unless `stdout` is given, go to `cwd / "stopped.log"`.
+    """
     with open(cwd / "stopped.log", "w") as log:  # a file, not a pipe: a full pipe would block it before the moment
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "train.py"), *args],
-            stdout=log,
+            stdout=log if stdout is None else stdout,
             stderr=log,
             cwd=cwd,
             env={**os.environ, "CGAN_KERAS_STOP_AT": moment},
@@ -643,8 +660,12 @@ def test_ctrl_c_saves_and_exits_130_and_a_sigkill_during_the_export_leaves_the_o
         serve = export.load_generator(out / "generator").serve  # raises unless it is a complete SavedModel
         return serve(digit=tf.range(10), noise=tf.constant(noise))["images"].numpy()
 
-    # A previous complete export: Ctrl-C during step 2's grid stops the run there; it saves and exports step 2.
-    process = stopped_at("step_000002.png:renamed", args, work)
+    # A previous complete export: Ctrl-C during step 2's grid stops the run there; it saves and exports step 2,
+    # though its stdout's reader has gone (`train.py | tee log`: the same Ctrl-C kills tee).
+    read_end, write_end = os.pipe()
+    process = stopped_at("step_000002.png:renamed", args, work, stdout=write_end)
+    os.close(write_end)
+    os.close(read_end)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGCONT)
     returncode = process.wait(timeout=120)
