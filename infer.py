@@ -91,6 +91,10 @@ def parse_args(argv):
         directory = Path(path).parent if path else None
         if directory is not None and not (directory.is_dir() and os.access(directory, os.W_OK)):
             parser.error(f"{flag} {path}: cannot write to the directory {directory}")
+        if path and Path(path).is_dir():
+            parser.error(f"{flag} {path} is a directory; expected a file name")
+    if args.npy and Path(args.npy).resolve() == args.out.resolve():
+        parser.error(f"--npy and --out must be two files. Received: both {args.out}")
     return args
 
 

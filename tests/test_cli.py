@@ -234,6 +234,8 @@ def test_forced_bfloat16_where_onednn_has_no_bfloat16_kernels_exits_2_before_wri
         (["--digit", "3", "--out", "sevens.jpg"], "--out must be a .png file. Received: --out sevens.jpg"),
         (["--digit", "3", "--out", "missing/x.png"], "--out missing/x.png: cannot write to the directory missing"),
         (["--digit", "3", "--npy", "missing/x.npy"], "--npy missing/x.npy: cannot write to the directory missing"),
+        (["--digit", "3", "--npy", "tests"], "--npy tests is a directory; expected a file name"),  # written first
+        (["--digit", "3", "--out", "x.png", "--npy", "./x.png"], "--npy and --out must be two files. Received: both"),
     ],
 )
 def test_infer_rejects_bad_interpolation_and_truncation_values(capsys, args, message):
