@@ -16,9 +16,11 @@ User mistakes exit with code 2 and one line on stderr.
 
 import argparse
 import functools
+import os
 from pathlib import Path
 
 from cgan_keras import cli
+from cgan_keras.artifacts import first_line
 from cgan_keras.sampler import MIN_TRUNCATION
 
 PROG = "python -m cgan_keras.evaluate"
@@ -50,6 +52,9 @@ def main(argv=None):
     if not Path(args.model).is_dir():
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")
+    # Checked before the evaluation, which takes minutes: a bad --out would lose its figures.
+    if out.is_dir() or not (out.parent.is_dir() and os.access(out.parent, os.W_OK)):
+        fail(f"cannot write --out {out}: expected a file in a writable directory")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow(PROG)  # quietly: TensorFlow's start-up lines are filtered
     from cgan_keras import export
@@ -69,6 +74,8 @@ def main(argv=None):
         )
     except OSError as error:
         fail(f"cannot write --out {out}: {error.strerror}")
+    except MemoryError as error:
+        fail(f"--per-class {args.per_class} is more than this machine holds: {first_line(error)}")
     print(report.format_table(results))
     print(f"wrote {out}")
 

@@ -723,6 +723,10 @@ def test_evaluate_cli_writes_eval_json_beside_the_model(trained_run, capsys):
         (["--per-class", "0"], "--per-class must be a positive integer. Received: --per-class 0"),
         (["--truncation", "-0.5"], "--truncation must be a number >= 0.01. Received: --truncation -0.5"),
         (["--seed", "-1"], "--seed must be a non-negative integer. Received: --seed -1"),
+        (["--out", "missing/eval.json"], "cannot write --out missing/eval.json: expected a file in a writable"),
+        (["--out", "tests"], "cannot write --out tests: expected a file in a writable directory"),
+        # More bytes than a 64-bit address space holds: refused whatever the machine's overcommit policy.
+        (["--per-class", str(10**15)], f"--per-class {10**15} is more than this machine holds"),
         ([], "Expected a SavedModel directory (with saved_model.pb)"),
     ],
 )
