@@ -17,7 +17,7 @@ from matplotlib import image
 from matplotlib.figure import Figure
 
 from cgan_keras import cli
-from cgan_keras.artifacts import atomic_path
+from cgan_keras.artifacts import atomic_path, first_line
 
 # Panels of history.png: a title and the history.csv columns drawn in it, when a column has a number.
 PANELS = (
@@ -28,8 +28,11 @@ PANELS = (
 PROGRESS_GRIDS = 6
 
 
+PROG = "python -m cgan_keras.plot"  # what its messages start with, as `python -m cgan_keras.evaluate`'s
+
+
 class HistoryError(ValueError):
-    """history.csv is missing, empty, or lacks its `step` column."""
+    """A run's file that the pictures are drawn from is missing or unreadable: history.csv or a sample grid."""
 
 
 def read_history(path):
@@ -40,13 +43,16 @@ def read_history(path):
         non-numeric cell is NaN (epochs without an evaluation log NaN).
 
     Raises:
-        HistoryError: the file is missing, has no rows or no `step` column.
+        HistoryError: the file is missing, is not UTF-8 text, has no rows or no `step` column.
     """
     path = Path(path)
     if not path.is_file():
         raise HistoryError(f"{path} does not exist (train.py writes it every --log-every steps).")
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
+    try:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+    except UnicodeDecodeError as error:
+        raise HistoryError(f"{path} is not a CSV file of UTF-8 text ({error.reason} at byte {error.start}).") from None
     if not rows or "step" not in rows[0]:
         raise HistoryError(f"{path} has no rows with a `step` column.")
     return {column: np.array([_number(row.get(column)) for row in rows]) for column in rows[0]}
@@ -106,7 +112,7 @@ def save_progress(samples, path, count=PROGRESS_GRIDS):
     if not grids:
         return None
     chosen = np.unique(np.linspace(0, len(grids) - 1, min(count, len(grids))).round().astype(int))
-    tiles = [image.imread(grids[index]) for index in chosen]
+    tiles = [_read_grid(grids[index]) for index in chosen]
     height = max(tile.shape[0] for tile in tiles)
     gap = np.ones((height, 4, 4), "float32")
     row = []
@@ -119,11 +125,18 @@ def save_progress(samples, path, count=PROGRESS_GRIDS):
     return Path(path)
 
 
+def _read_grid(path):
+    try:
+        return image.imread(path)
+    except (SyntaxError, ValueError, OSError) as error:  # Pillow's "not a PNG file" is a SyntaxError
+        raise HistoryError(f"{path} is not a readable PNG image: {first_line(error)}") from None
+
+
 def save_run_pictures(run_dir):
     """Writes `history.png` and `samples/progress.png` in `run_dir` from its files; returns the paths written.
 
     Raises:
-        HistoryError: `run_dir/history.csv` is missing or empty.
+        HistoryError: `run_dir/history.csv` is missing or empty, or a grid is unreadable.
     """
     run_dir = Path(run_dir)
     written = [save_history_plot(read_history(run_dir / "history.csv"), run_dir / "history.png")]
@@ -132,17 +145,17 @@ def save_run_pictures(run_dir):
 
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__)
+    parser = cli.make_parser(__doc__, prog=PROG)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a train.py --out directory")
     run_dir = Path(parser.parse_args(argv).run_dir)
     if not run_dir.is_dir():
-        cli.fail("plot", f"RUN_DIR {run_dir} is not a directory.")
+        cli.fail(PROG, f"RUN_DIR {run_dir} is not a directory.")
     try:
         written = save_run_pictures(run_dir)
     except HistoryError as error:
-        cli.fail("plot", str(error))
+        cli.fail(PROG, str(error))
     except OSError as error:
-        cli.fail("plot", f"cannot write in {run_dir}: {error.strerror}")
+        cli.fail(PROG, f"cannot write in {run_dir}: {error.strerror}")
     print("wrote " + ", ".join(map(str, written)))
 
 

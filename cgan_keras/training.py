@@ -311,7 +311,10 @@ def run(
         export.save_model(gan.inference_generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
         if (out / "history.csv").exists():  # not before the first --log-every steps
-            plot.save_run_pictures(out)
+            try:
+                plot.save_run_pictures(out)
+            except plot.HistoryError as error:  # the pictures show the run; they are not worth its evaluation
+                log(f"pictures not drawn: {error}")
         if stop.received or sent_to_any:
             raise Interrupted(stop.received or sent_to_any, saved_here=chief, here=stop.received is not None)
         results = None

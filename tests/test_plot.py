@@ -11,6 +11,7 @@ from cgan_keras import plot
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "epoch,step,d_loss,g_loss,label_accuracy,fid\n"
+ERROR = "python -m cgan_keras.plot: error: "
 
 
 def write_history(path, rows):
@@ -36,6 +37,9 @@ def test_history_without_rows_is_an_error(tmp_path):
         plot.read_history(write_history(tmp_path / "history.csv", []))
     with pytest.raises(plot.HistoryError, match="does not exist"):
         plot.read_history(tmp_path / "missing.csv")
+    (tmp_path / "latin1.csv").write_bytes(HEADER.encode() + b"0,100,1.2,0.8,\xe9,\n")
+    with pytest.raises(plot.HistoryError, match="latin1.csv is not a CSV file of UTF-8 text"):
+        plot.read_history(tmp_path / "latin1.csv")
 
 
 def test_progress_puts_the_first_the_last_and_evenly_spaced_grids_side_by_side(tmp_path):
@@ -48,6 +52,9 @@ def test_progress_puts_the_first_the_last_and_evenly_spaced_grids_side_by_side(t
     reds = [mosaic[0, column, 0] for column in (0, 12, 24)]
     np.testing.assert_allclose(reds, [0.0, 0.4, 0.9], atol=1 / 255)
     assert plot.save_progress(tmp_path / "empty", tmp_path / "none.png") is None
+    (tmp_path / "step_000000.png").write_bytes(b"not a png")
+    with pytest.raises(plot.HistoryError, match="step_000000.png is not a readable PNG image: not a PNG file"):
+        plot.save_progress(tmp_path, tmp_path / "progress.png", count=3)
 
 
 def run_plot(*args, cwd):
@@ -61,11 +68,13 @@ def test_the_command_redraws_a_run_and_names_what_is_missing(tmp_path):
     image.imsave(run / "samples" / "step_000001.png", np.zeros((5, 8, 4), "float32"))
     result = run_plot("run", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == (
-        "plot: error: run/history.csv does not exist (train.py writes it every --log-every steps).\n"
+        f"{ERROR}run/history.csv does not exist (train.py writes it every --log-every steps).\n"
     )
     write_history(run / "history.csv", [(0, 100, 1.2, 0.8, "", "")])
     result = run_plot("run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (run / "history.png").exists() and (run / "samples" / "progress.png").exists()
     result = run_plot("nowhere", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr == "plot: error: RUN_DIR nowhere is not a directory.\n"
+    assert result.returncode == 2 and result.stderr == f"{ERROR}RUN_DIR nowhere is not a directory.\n"
+    result = run_plot("run", "--dpi", "3", cwd=tmp_path)  # argparse's own errors carry the same name
+    assert result.returncode == 2 and result.stderr.startswith(f"{ERROR}unrecognized arguments: --dpi 3")

@@ -405,9 +405,14 @@ def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, d
     training.prepare_directory(config)
     training.run(config, *digits, verbose=0)
     _damage(tmp_path / "checkpoints" / "step_000008.keras", "flip")
+    (tmp_path / "samples" / "step_000001.png").write_bytes(b"not a png")  # a damaged grid: the run draws without it
 
     gan, _ = training.run(config, *digits, resume=True, verbose=0, log=print)
-    (resumed,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resuming from")]
+    printed = capsys.readouterr().out.splitlines()
+    assert f"pictures not drawn: {tmp_path / 'samples' / 'step_000001.png'} is not a readable PNG image: " in (
+        "\n".join(printed)
+    )
+    (resumed,) = [line for line in printed if line.startswith("resuming from")]
     assert resumed.startswith(f"resuming from {tmp_path / 'checkpoints' / 'step_000004.keras'} (step 4); ")
     assert "skipped unreadable step_000008.keras (" in resumed
     assert int(gan.optimizer.iterations) == 8 and int(gan.discriminator_optimizer.iterations) == 16
