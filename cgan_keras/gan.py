@@ -17,7 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from cgan_keras import data, ema, losses, models
-from cgan_keras.config import TrainConfig, check_positive_integers
+from cgan_keras.config import TrainConfig, check_positive_integers, is_integer
 from cgan_keras.labels import check_labels
 
 _STEP_SEED_STATE = "step_seed_state"  # its key among the model's own saved variables
@@ -84,10 +84,12 @@ class ConditionalGAN(keras.Model):
         )
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1). Received: ema_decay={ema_decay}")
+        if seed is not None and not (is_integer(seed) and seed >= 0):
+            raise ValueError(f"`seed` must be None or an integer >= 0. Received: seed={seed!r}")
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)  # numpy's too, and saved as JSON
         self.ema_decay = ema_decay
         self.ema_statistics_every = ema_statistics_every
         with models.policy_scope(self.dtype_policy):  # `dtype=` reaches the networks built here
@@ -96,10 +98,10 @@ class ConditionalGAN(keras.Model):
             models.check_generator(self.generator, latent_dim, self.image_shape)
             # Same architecture and name: its exports are "the generator".
             self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
-        self.seed_generator = keras.random.SeedGenerator(seed, name="step_seed")
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed")
         # `call` and `evaluate` draw from their own stream: drawing from the steps' would
         # change the training that follows (`validation_data` would change the weights).
-        self.sample_seed_generator = keras.random.SeedGenerator(seed, name="sample_seed")
+        self.sample_seed_generator = keras.random.SeedGenerator(self.seed, name="sample_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
         self.loss_tracker = keras.metrics.Mean(name="loss")

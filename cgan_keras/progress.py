@@ -6,6 +6,8 @@ import time
 
 import keras
 
+from cgan_keras.config import check_positive_integers
+
 
 class RunProgress(keras.callbacks.Callback):
     """Shows a run's progress over all its steps, with its rate, ETA and latest figures.
@@ -45,9 +47,7 @@ class RunProgress(keras.callbacks.Callback):
         self, total_steps, keys=("d_loss", "g_loss", "label_accuracy"), interactive=None, interval=0.1, stream=None
     ):
         super().__init__()
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"`total_steps` must be a positive integer. Received: total_steps={total_steps!r}")
-        self.total_steps = total_steps
+        (self.total_steps,) = check_positive_integers(total_steps=total_steps)
         self.keys = tuple(keys)
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.interval = interval

@@ -291,6 +291,10 @@ def test_without_ema_the_generator_itself_is_sampled():
         with pytest.raises(ValueError, match="must be a positive integer"):
             ConditionalGAN(**{"latent_dim": LATENT_DIM, **arguments})
     assert type(ConditionalGAN(latent_dim=np.int64(LATENT_DIM)).get_config()["latent_dim"]) is int  # saves as JSON
+    assert type(ConditionalGAN(latent_dim=LATENT_DIM, seed=np.int64(3)).get_config()["seed"]) is int  # Keras refused it
+    for seed in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"`seed` must be None or an integer >= 0. Received: seed={seed}"):
+            ConditionalGAN(latent_dim=LATENT_DIM, seed=seed)
 
 
 def test_keras_file_round_trip_keeps_images_and_optimizer_state(tmp_path, digits):

@@ -3,6 +3,8 @@ import re
 import types
 
 import keras
+import numpy as np
+import pytest
 from support import tiny_gan
 
 from cgan_keras import progress as progress_module
@@ -60,3 +62,10 @@ def test_the_rate_and_eta_come_from_the_steps_after_the_first_with_one_decimal(m
     progress.on_train_batch_end(200)  # step 201
     assert progress.line(now=110.0).split("  ")[2:4] == ["20.0 steps/s", "ETA 0:40"]  # 799 steps at 20 a second
     assert progress.line(now=500.0).split("  ")[2:4] == ["2.0 s/step", "ETA 26:38"]  # 799 steps at 2 s each
+
+
+def test_the_total_takes_numpy_integers_and_refuses_what_is_not_a_positive_integer():
+    assert RunProgress(np.int64(100)).total_steps == 100
+    for total in (0, True, 10.0):
+        with pytest.raises(ValueError, match=f"must be a positive integer. Received: total_steps={total}"):
+            RunProgress(total)
