@@ -199,7 +199,7 @@ def standardize_dataset(
 ) -> tf.data.Dataset:
     """Checks a dataset of `(images, labels)` batches and casts it to float32 images and int32 labels `(N,)`.
 
-    Labels may be class indices `(N,)` or one-hot `(N, num_classes)`. The
+    Labels may be class indices `(N,)` or `(N, 1)`, or one-hot `(N, num_classes)`. The
     batches' shapes and dtypes are checked (integer pixels, as `tfds` gives
     them, are refused: the images must be scaled to [-1, 1] first), not their
     values: reading a batch here would move a reshuffling dataset on to its
@@ -211,9 +211,12 @@ def standardize_dataset(
         raise ValueError(f"Expected a dataset of (images, labels) batches. Received: element_spec={spec}")
     image_spec, label_spec = spec
     one_hot_labels = label_spec.shape.rank == 2 and label_spec.shape[-1] == num_classes
-    if tuple(image_spec.shape[1:]) != tuple(image_shape) or not (label_spec.shape.rank == 1 or one_hot_labels):
+    index_column = label_spec.shape.rank == 2 and label_spec.shape[-1] == 1
+    if tuple(image_spec.shape[1:]) != tuple(image_shape) or not (
+        label_spec.shape.rank == 1 or one_hot_labels or index_column
+    ):
         raise ValueError(
-            f"Expected batches of images (N, {', '.join(map(str, image_shape))}) and labels (N,) or "
+            f"Expected batches of images (N, {', '.join(map(str, image_shape))}) and labels (N,), (N, 1) or "
             f"(N, {num_classes}). Received: element_spec={spec}"
         )
     if not image_spec.dtype.is_floating:
@@ -224,12 +227,14 @@ def standardize_dataset(
         raise ValueError(
             f"Expected integer class indices or one-hot labels. Received: labels.dtype={label_spec.dtype.name}"
         )
-    if image_spec.dtype == tf.float32 and label_spec.dtype == tf.int32 and not one_hot_labels:
+    if image_spec.dtype == tf.float32 and label_spec.dtype == tf.int32 and label_spec.shape.rank == 1:
         return dataset
 
     def standardize(images, labels):
         if one_hot_labels:
             labels = tf.argmax(labels, axis=-1)
+        elif index_column:
+            labels = labels[:, 0]
         return tf.cast(images, "float32"), tf.cast(labels, "int32")
 
     return dataset.map(standardize, num_parallel_calls=tf.data.AUTOTUNE)

@@ -79,10 +79,15 @@ def test_fit_accepts_int_and_one_hot_labels_and_datasets(digits):
     for x, y in [(images, labels), (images, one_hot)]:
         history = tiny_gan().fit(x, y, batch_size=16, epochs=2, verbose=0)
         assert len(history.history["d_loss"]) == 2
-    dataset = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(16)
-    gan = tiny_gan()
-    gan.fit(dataset, epochs=1, verbose=0)
-    assert int(gan.optimizer.iterations) == 4
+    trained = []
+    for layout in (labels, labels[:, None], one_hot):  # a dataset's labels as (N,), (N, 1) or one-hot: one run
+        gan = tiny_gan()
+        gan.fit(tf.data.Dataset.from_tensor_slices((images, layout)).batch(16), epochs=1, verbose=0)
+        assert int(gan.optimizer.iterations) == 4
+        trained.append(gan.get_weights())
+    for weights in trained[1:]:
+        for first, other in zip(trained[0], weights, strict=True):
+            np.testing.assert_array_equal(other, first)
 
 
 def test_fit_drops_the_partial_last_batch_and_honours_steps_per_epoch(digits):
