@@ -139,21 +139,58 @@ class ConditionalGAN(keras.Model):
         return [variable for variable in self.variables if id(variable) not in trainable]
 
     def get_state_tree(self, value_format="backend_tensor"):
-        """Keras' state tree, with both optimizers' variables under `optimizer_variables` (Keras: `optimizer`'s)."""
-        tree = super().get_state_tree(value_format)
-        tree["optimizer_variables"] = self._create_nested_dict(self._optimizers_variables(), value_format)
+        """Keras' state tree, with both optimizers' variables in `optimizer_variables` (Keras: `model.optimizer`'s).
+
+        `optimizer_variables` is `{"generator_optimizer": {...}, "discriminator_optimizer": {...}}`
+        (empty before `compile`), each keyed by the variables' paths inside that
+        optimizer (`iteration`, `conv_0_kernel_momentum`; a `LossScaleOptimizer`'s
+        own under `loss_scale/`), so a tree restores into any `ConditionalGAN` of the
+        same networks, whatever its optimizers are named.
+        """
+        tree = {
+            "trainable_variables": self._create_nested_dict(self.trainable_variables, value_format),
+            "non_trainable_variables": self._create_nested_dict(self.non_trainable_variables, value_format),
+            "metrics_variables": self._create_nested_dict(self.metrics_variables, value_format),
+        }
+
+        def leaf(variable):
+            return variable.numpy() if value_format == "numpy_array" else variable.value
+
+        optimizers = self._optimizer_variables_by_role()
+        tree["optimizer_variables"] = {
+            role: {key: leaf(variable) for key, variable in variables.items()} for role, variables in optimizers.items()
+        }
         return tree
 
     def set_state_tree(self, state_tree):
-        """Assigns a `get_state_tree` back, both optimizers' variables included."""
-        state_tree = dict(state_tree)
-        optimizers_tree = state_tree.pop("optimizer_variables", None)
-        super().set_state_tree(state_tree)
-        if optimizers_tree is not None:
-            self._assign_variable_values(self._optimizers_variables(), self._flatten_nested_dict(optimizers_tree))
+        """Assigns a `get_state_tree` back; optimizer variables only once compiled, as Keras does.
 
-    def _optimizers_variables(self):
-        return [*self.generator_optimizer.variables, *self.discriminator_optimizer.variables]
+        Raises:
+            ValueError: an optimizer variable of the tree that this model's
+                optimizers do not have (nothing of that optimizer is assigned).
+        """
+        state_tree = dict(state_tree)
+        optimizers_tree = state_tree.pop("optimizer_variables", {})
+        super().set_state_tree(state_tree)
+        by_role = self._optimizer_variables_by_role()
+        if not by_role:  # not compiled: no optimizer to restore into
+            return
+        for role, values in optimizers_tree.items():  # all checked before any is assigned
+            missing = sorted(set(values) - set(by_role.get(role, {})))
+            if missing:
+                raise ValueError(
+                    f"The state tree's optimizer_variables[{role!r}] does not fit this model's optimizers: "
+                    f"{role} has no {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+                )
+        for role, values in optimizers_tree.items():
+            for key, value in values.items():
+                by_role[role][key].assign(value)
+
+    def _optimizer_variables_by_role(self):
+        """`{"generator_optimizer": {path inside it: variable}, "discriminator_optimizer": ...}`; `{}` uncompiled."""
+        if getattr(self, "generator_optimizer", None) is None:
+            return {}
+        return {role: _keyed_inside(getattr(self, role)) for role in ("generator_optimizer", "discriminator_optimizer")}
 
     def compile(
         self,
@@ -545,6 +582,19 @@ def r1_penalty(discriminator, images, digits):
     return _mean_squared_norm(tape.gradient(total, images))
 
 
+def _keyed_inside(optimizer):
+    """`optimizer`'s variables by their path, its name left out; a `LossScaleOptimizer`'s own under `loss_scale/`."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    keyed = {}
+    for variable in optimizer.variables:
+        owner, _, inside = variable.path.partition("/")
+        if inner is not None and owner == optimizer.name:
+            keyed[f"loss_scale/{inside}"] = variable
+        else:
+            keyed[inside if owner in (optimizer.name, getattr(inner, "name", None)) else variable.path] = variable
+    return keyed
+
+
 def _mean_squared_norm(gradients):
     """The mean over the batch of each `(H, W, C)` gradient's squared norm, in float32."""
     return ops.mean(ops.sum(ops.square(ops.cast(gradients, "float32")), axis=(1, 2, 3)))
@@ -584,10 +634,9 @@ def _replica_context():
 def recipe_optimizer(config, network):
     """A new optimizer for `network` (`"generator"` or `"discriminator"`) as `config` (a `TrainConfig`) describes it.
 
-    Named `<network>_optimizer`, so that its variables' paths are the same in
-    every `ConditionalGAN` (what `set_state_tree` matches by). A cosine decay
-    reaches 0 at the run's last step: the discriminator updates twice a step
-    (fake batch, then real).
+    Named `<network>_optimizer`, which its variables' paths start with. A
+    cosine decay reaches 0 at the run's last step: the discriminator updates
+    twice a step (fake batch, then real).
     """
     learning_rate = getattr(config, f"{network}_learning_rate")
     if config.cosine_decay:

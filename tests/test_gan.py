@@ -244,13 +244,17 @@ def test_keras_counts_the_ema_copy_as_not_trainable():
 
 
 def test_the_state_tree_names_every_variable_once_and_restores_a_trained_gan(digits):
-    gan, other = tiny_gan(), tiny_gan(seed=1)
+    # The other GAN's optimizers have other names: the tree keys them by role, and by path inside each.
+    gan = tiny_gan()
+    other = tiny_gan(seed=1, generator_optimizer=keras.optimizers.Adam(name="a"), discriminator_optimizer="adam")
     for model in (gan, other):
         model.fit(*digits, batch_size=16, epochs=1, verbose=0)
     tree = gan.get_state_tree()  # raised "variable path found twice" while the EMA copy shared the generator's paths
     weighted_layers = [layer.name for layer in gan.ema_generator.layers if layer.weights]
     assert list(tree["non_trainable_variables"]["ema"]) == weighted_layers
-    assert list(tree["optimizer_variables"]) == ["generator_optimizer", "discriminator_optimizer"]  # Keras: the first
+    optimizers = tree["optimizer_variables"]  # Keras: only `model.optimizer`'s
+    assert list(optimizers) == ["generator_optimizer", "discriminator_optimizer"]
+    assert {"iteration", "conv_0_kernel_momentum"} <= set(optimizers["discriminator_optimizer"])
 
     def state(model):
         optimizers = model.generator_optimizer.variables + model.discriminator_optimizer.variables
@@ -260,6 +264,25 @@ def test_the_state_tree_names_every_variable_once_and_restores_a_trained_gan(dig
     other.set_state_tree(tree)
     for mine, theirs in zip(state(gan), state(other), strict=True):
         np.testing.assert_array_equal(theirs, mine)
+    uncompiled = tiny_gan(compile=False)
+    assert uncompiled.get_state_tree()["optimizer_variables"] == {}
+    uncompiled.set_state_tree(tree)  # the weights; no optimizer to restore, as in Keras
+    np.testing.assert_array_equal(uncompiled.get_weights()[0], gan.get_weights()[0])
+    keras_layout = {**tree, "optimizer_variables": {"adam": optimizers["generator_optimizer"]}}
+    with pytest.raises(ValueError, match=r"optimizer_variables\['adam'\] does not fit this model's optimizers"):
+        other.set_state_tree(keras_layout)
+
+
+def test_the_state_tree_of_a_loss_scaled_gan_keeps_each_scale_apart():
+    # Both LossScaleOptimizers are named loss_scale_optimizer: their variables' paths collided.
+    gan, other = (ConditionalGAN(LATENT_DIM, dtype="mixed_float16", seed=seed) for seed in (0, 1))
+    for model, scale in ((gan, 2.0**10), (other, 2.0**15)):
+        model.compile()
+        model.discriminator_optimizer.dynamic_scale.assign(scale)
+    tree = gan.get_state_tree()
+    assert {"loss_scale/dynamic_scale", "iteration"} <= set(tree["optimizer_variables"]["discriminator_optimizer"])
+    other.set_state_tree(tree)
+    assert float(other.discriminator_optimizer.dynamic_scale) == 2.0**10
 
 
 def test_the_ema_statistics_stride_changes_only_the_averaged_generators_batchnorm_statistics(digits):
