@@ -53,7 +53,9 @@ def main(argv=None):
         fail(f"--model must be a SavedModel directory. Received: --model {args.model}")
     out = Path(args.out or Path(args.model).parent / "eval.json")
     # Checked before the evaluation, which takes minutes: a bad --out would lose its figures.
-    if out.is_dir() or not (out.parent.is_dir() and os.access(out.parent, os.W_OK)):
+    # Missing directories are made when it is written, so the nearest existing one must take them.
+    existing = next(folder for folder in out.absolute().parents if folder.exists())
+    if out.is_dir() or not (existing.is_dir() and os.access(existing, os.W_OK)):
         fail(f"cannot write --out {out}: expected a file in a writable directory")
     # Imported once the arguments are checked: TensorFlow takes ~5 s to import.
     cli.import_tensorflow(PROG)  # quietly: TensorFlow's start-up lines are filtered

@@ -710,6 +710,8 @@ def test_evaluate_cli_writes_eval_json_beside_the_model(trained_run, capsys):
     model = work / "run" / "generator"
     out = work / "evaluated.json"
     evaluate.main(["--model", str(model), "--per-class", "5", "--out", str(out)])
+    evaluate.main(["--model", str(model), "--per-class", "5", "--out", str(work / "new" / "eval.json")])  # made
+    assert (work / "new" / "eval.json").read_text() == out.read_text()
     printed = capsys.readouterr().out
     assert "judge: the fixed MNIST judge" in printed and "real-vs-real floor" in printed
     record = json.loads(out.read_text())
@@ -723,7 +725,7 @@ def test_evaluate_cli_writes_eval_json_beside_the_model(trained_run, capsys):
         (["--per-class", "0"], "--per-class must be a positive integer. Received: --per-class 0"),
         (["--truncation", "-0.5"], "--truncation must be a number >= 0.01. Received: --truncation -0.5"),
         (["--seed", "-1"], "--seed must be a non-negative integer. Received: --seed -1"),
-        (["--out", "missing/eval.json"], "cannot write --out missing/eval.json: expected a file in a writable"),
+        (["--out", "README.md/eval.json"], "cannot write --out README.md/eval.json: expected a file in a writable"),
         (["--out", "tests"], "cannot write --out tests: expected a file in a writable directory"),
         # More bytes than a 64-bit address space holds: refused whatever the machine's overcommit policy.
         (["--per-class", str(10**15)], f"--per-class {10**15} is more than this machine holds"),
