@@ -106,7 +106,7 @@ def _writes_out(config):
 
 def main(argv=None):
     config, resume, overwrite = parse_args(argv)
-    cli.survive_closed_stdout()  # a run stopped with its `| tee` still saves and exports
+    cli.survive_closed_output()  # a run stopped with its `| tee` or `|& tee` still saves and exports
     cli.check_keras_backend("train.py")  # before the run lock and the timing child
     started = time.perf_counter()
     # Held until this process ends, however it ends: the OS releases the lock even after a kill -9.

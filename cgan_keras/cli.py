@@ -42,19 +42,22 @@ def fail(prog, message):
     sys.exit(2)
 
 
-def survive_closed_stdout():
-    """Makes stdout's reader going away (`train.py | tee log`, tee killed by the same Ctrl-C) cost the output only.
+def survive_closed_output():
+    """Makes stdout's or stderr's reader going away cost the output only, not the run.
 
-    A write to a pipe with no reader raises `BrokenPipeError`; raised from the
+    E.g. `python train.py |& tee log`, whose tee the same Ctrl-C kills. A
+    write to a pipe with no reader raises `BrokenPipeError`; raised from the
     progress line during a stop, it lost the stop's checkpoint and export.
-    From the first such error on, stdout's file descriptor points at
+    From the first such error on, that stream's file descriptor points at
     `os.devnull`, so every later write (and the flush at exit) succeeds.
     """
-    if not isinstance(sys.stdout, _StdoutWithoutReader):
-        sys.stdout = _StdoutWithoutReader(sys.stdout)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if not isinstance(stream, _WithoutReader):
+            setattr(sys, name, _WithoutReader(stream))
 
 
-class _StdoutWithoutReader:
+class _WithoutReader:
     """`stream`, with writes and flushes that send it to `os.devnull` when its reader has gone."""
 
     def __init__(self, stream):

@@ -532,17 +532,23 @@ def test_an_out_path_that_cannot_be_written_exits_2(trained_run, script):
     assert "cannot write" in result.stderr.splitlines()[-1] and "Traceback" not in result.stderr
 
 
-def test_a_stdout_whose_reader_has_gone_swallows_the_writes_instead_of_raising(monkeypatch):
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "w") as stream:
-        monkeypatch.setattr(sys, "stdout", stream)
-        cli.survive_closed_stdout()
-        print("read", flush=True)
-        assert os.read(read_end, 100) == b"read\n"
+def test_output_whose_reader_has_gone_swallows_the_writes_instead_of_raising(monkeypatch):
+    pipes = {name: os.pipe() for name in ("stdout", "stderr")}  # (read end, write end)
+    streams = {name: os.fdopen(write_end, "w") for name, (_, write_end) in pipes.items()}
+    for name, stream in streams.items():
+        monkeypatch.setattr(sys, name, stream)
+    cli.survive_closed_output()
+    print("read", flush=True)
+    assert os.read(pipes["stdout"][0], 100) == b"read\n"
+    for read_end, _ in pipes.values():
         os.close(read_end)
-        print("lost", flush=True)  # BrokenPipeError without the guard
-        RunProgress(10, interactive=False).on_epoch_end(0)
-        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+    print("lost", flush=True)  # BrokenPipeError without the guard
+    RunProgress(10, interactive=False).on_epoch_end(0)
+    print("train.py: stopped by SIGINT", file=sys.stderr, flush=True)
+    for name, (_, write_end) in pipes.items():
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull)), name
+    for stream in streams.values():
+        stream.close()
 
 
 def test_import_tensorflow_drops_the_start_up_noise_and_passes_everything_else(tmp_path):
