@@ -153,8 +153,7 @@ def export_onnx(gan, path):
         `pathlib.Path` of the file.
 
     Raises:
-        onnx.checker.ValidationError: the converted graph is not valid ONNX
-            (nothing is written).
+        OnnxExportError: the converted graph is not valid ONNX (nothing is written).
 
     Example:
 
@@ -173,7 +172,10 @@ def export_onnx(gan, path):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     # tf2onnx logs a node it cannot convert and goes on; onnxruntime would refuse the file only when loading it.
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise OnnxExportError(f"{path} not written: tf2onnx made an invalid graph: {first_line(error)}") from None
     with atomic_path(path) as temporary:
         temporary.write_bytes(model.SerializeToString())
     return Path(path)
@@ -224,6 +226,10 @@ def save_model(model, path):
     with atomic_path(path) as temporary:
         model.save(temporary)
     return Path(path)
+
+
+class OnnxExportError(ValueError):
+    """tf2onnx converted the generator into a graph that is not valid ONNX."""
 
 
 class SavedModelError(ValueError):

@@ -307,7 +307,10 @@ def run(
             sent_to_any = stop.signals[sent.index(True)] if any(sent) else None
         export.export_generator(gan, out / "generator")
         export.export_serving(out / "generator", out / "serving" / "cgan")
-        export.export_onnx(gan, out / "generator.onnx")
+        try:
+            export.export_onnx(gan, out / "generator.onnx")
+        except export.OnnxExportError as error:  # the other artifacts and the evaluation still count
+            log(str(error))
         export.save_model(gan.inference_generator, out / "generator.keras")
         export.save_model(gan, out / "gan.keras")
         if (out / "history.csv").exists():  # not before the first --log-every steps

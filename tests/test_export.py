@@ -13,6 +13,7 @@ from support import LATENT_DIM, tiny_config, tiny_gan
 
 from cgan_keras import training
 from cgan_keras.export import (
+    OnnxExportError,
     SavedModelError,
     export_generator,
     export_onnx,
@@ -163,6 +164,17 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
     expected = (np.asarray(gan((digits, noise), training=False)) + 1) / 2
     np.testing.assert_allclose(images, expected, atol=1e-5)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["generator.onnx"]
+
+
+def test_an_invalid_onnx_graph_is_an_error_and_no_file(tmp_path, monkeypatch):
+    from cgan_keras import export
+
+    # Without the float32 copy, bfloat16 layers reach tf2onnx, which logs them and goes on.
+    monkeypatch.setattr(export, "_float32_copy", lambda network: network)
+    gan = training.build_gan(tiny_config(mixed_precision="on"))
+    with pytest.raises(OnnxExportError, match=r"generator.onnx not written: tf2onnx made an invalid graph: .*bfloat16"):
+        export_onnx(gan, tmp_path / "generator.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("loaded", [False, True], ids=["built", "loaded"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support import tiny_config
 
-from cgan_keras import timing_process, training
+from cgan_keras import export, timing_process, training
 from cgan_keras.artifacts import ArtifactWriteError
 from cgan_keras.callbacks import CheckpointError, RunCheckpoint, TrainingDiverged
 from cgan_keras.config import TrainConfig
@@ -391,13 +391,19 @@ def _damage(path, how):
     path.write_bytes(bytes(data))
 
 
-def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, digits):
+def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, digits, monkeypatch):
+    def invalid_graph(gan, path):
+        raise export.OnnxExportError(f"{path} not written: tf2onnx made an invalid graph")
+
+    monkeypatch.setattr(export, "export_onnx", invalid_graph)  # the run goes on without it, and says so
     config = eight_steps(out=str(tmp_path / "new"), steps=4, log_every=4)
     training.prepare_directory(config, resume=True)
     lines = []
     gan, _ = training.run(config, *digits, resume=True, verbose=0, log=lines.append)
     assert f"--resume: no checkpoint in {tmp_path / 'new' / 'checkpoints'}; training from step 0" in lines
     assert int(gan.optimizer.iterations) == 4
+    assert f"{tmp_path / 'new' / 'generator.onnx'} not written: tf2onnx made an invalid graph" in lines
+    assert (tmp_path / "new" / "gan.keras").exists() and (tmp_path / "new" / "history.png").exists()
 
 
 def test_resume_passes_over_a_damaged_checkpoint_to_the_previous_one(tmp_path, digits, capsys):
