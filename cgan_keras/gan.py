@@ -101,7 +101,9 @@ class ConditionalGAN(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed")
         # `call` and `evaluate` draw from their own stream: drawing from the steps' would
         # change the training that follows (`validation_data` would change the weights).
-        self.sample_seed_generator = keras.random.SeedGenerator(self.seed, name="sample_seed")
+        # Seeded apart, so that they do not replay the steps' noise and digits either.
+        sample_seed = None if self.seed is None else self.seed + 1
+        self.sample_seed_generator = keras.random.SeedGenerator(sample_seed, name="sample_seed")
         # `loss` (d_loss + g_loss) is what Keras' stock callbacks watch, e.g.
         # TerminateOnNaN and EarlyStopping: NaN in either network shows there.
         self.loss_tracker = keras.metrics.Mean(name="loss")

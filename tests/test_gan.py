@@ -163,16 +163,18 @@ def test_evaluate_and_validation_data_report_losses_without_updating(digits):
     assert np.isfinite(history.history["val_d_loss"][0])
 
 
-def test_evaluating_and_sampling_between_steps_leave_the_training_as_it_was(digits):
+@pytest.mark.parametrize("disturbance", ["calls", "validation_data"])
+def test_evaluating_and_sampling_between_steps_leave_the_training_as_it_was(digits, disturbance):
     def train(disturbed):
         gan = tiny_gan()
         gan.fit(*digits, batch_size=16, epochs=1, verbose=0)
-        if disturbed:  # each drew from the steps' noise stream, so the next steps trained on other fakes
+        if disturbed and disturbance == "calls":  # each drew from the steps' noise stream: other fakes after
             gan.evaluate(*digits, batch_size=16, verbose=0)
             gan.predict(np.arange(10), verbose=0)
             gan(np.arange(10))
-        validation_data = digits if disturbed else None
-        gan.fit(*digits, batch_size=16, epochs=2, initial_epoch=1, validation_data=validation_data, verbose=0)
+        validation_data = digits if disturbed and disturbance == "validation_data" else None
+        # Validation after epoch 2 comes before epoch 3's steps.
+        gan.fit(*digits, batch_size=16, epochs=3, initial_epoch=1, validation_data=validation_data, verbose=0)
         return gan.get_weights()
 
     for undisturbed, disturbed in zip(train(False), train(True), strict=True):
