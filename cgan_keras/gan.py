@@ -383,8 +383,19 @@ class ConditionalGAN(keras.Model):
         if isinstance(x, (np.ndarray, list, tf.Tensor)) and y is None:
             raise ValueError("Expected labels `y` with the images `x` (a digit per image). Received: y=None")
         return data.as_batches(
-            x, y, batch_size, self.seed, shuffle, repeat, self.image_shape, self.num_classes, scoring=scoring
+            x, y, batch_size, self._shuffle_seed(), shuffle, repeat, self.image_shape, self.num_classes, scoring=scoring
         )
+
+    def _shuffle_seed(self):
+        """The seed that arrays are shuffled with now: `seed` and the steps trained so far, or `None` without a seed.
+
+        The same seed on every `fit` call would restart the same order each time,
+        so a loop of short `fit` calls would train on its first batches only.
+        """
+        if self.seed is None:
+            return None
+        steps = int(self.optimizer.iterations) if self.optimizer is not None else 0
+        return int(np.random.SeedSequence([self.seed, steps]).generate_state(1)[0])
 
     def train_step(self, batch):
         real_images, real_digits, _ = keras.utils.unpack_x_y_sample_weight(batch)

@@ -90,6 +90,26 @@ def test_fit_accepts_int_and_one_hot_labels_and_datasets(digits):
             np.testing.assert_array_equal(other, first)
 
 
+def test_each_fit_call_of_a_seeded_gan_draws_a_new_order_and_a_rerun_the_same(digits):
+    class Recording(ConditionalGAN):
+        def train_step(self, batch):
+            seen.append(tuple(np.asarray(batch[1])))
+            return super().train_step(batch)
+
+    def two_short_fits():
+        seen.clear()
+        gan = Recording.from_config(tiny_gan(compile=False).get_config())  # seed 0
+        gan.compile(run_eagerly=True)  # the batches as values
+        for _ in range(2):  # the same order each call trained on the first 2 batches only
+            gan.fit(*digits, batch_size=16, steps_per_epoch=2, epochs=1, verbose=0)
+        return list(seen)
+
+    seen = []
+    batches = two_short_fits()
+    assert len(set(batches)) == 4
+    assert two_short_fits() == batches
+
+
 def test_fit_drops_the_partial_last_batch_and_honours_steps_per_epoch(digits):
     images, labels = digits
     gan = tiny_gan()
