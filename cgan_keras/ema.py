@@ -17,7 +17,8 @@ def averaged_copy(network):
     holding both networks has unique paths, as `get_state_tree` requires.
     """
     with keras.name_scope("ema"):
-        copy = network.__class__.from_config(network.get_config())
+        # Not through the serialization registry: a custom layer need not be registered until it is saved.
+        copy = keras.models.clone_model(network)
     copy.set_weights(network.get_weights())
     return copy
 

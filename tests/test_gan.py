@@ -332,6 +332,22 @@ def test_a_dtype_policy_reaches_the_networks_the_gan_builds():
     assert keras.mixed_precision.global_policy().name == "float32"  # as it was
 
 
+def test_a_generator_with_an_unregistered_custom_layer_gets_its_ema_copy():
+    class Halve(keras.layers.Layer):  # registered nowhere: only saving needs that
+        def call(self, x):
+            return x * 0.5
+
+    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((LATENT_DIM,), name="noise")
+    features = keras.layers.Concatenate()([noise, keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)])
+    image = keras.layers.Reshape((28, 28, 1))(Halve()(keras.layers.Dense(784, activation="tanh")(features)))
+    generator = keras.Model({"digit": digit, "noise": noise}, image)
+    gan = ConditionalGAN(LATENT_DIM, generator=generator, discriminator=tiny_gan(compile=False).discriminator)
+    assert isinstance(gan.ema_generator.layers[-2], Halve) and list(gan.ema_generator.input) == ["digit", "noise"]
+    noise_batch = np.ones((2, LATENT_DIM), "float32")
+    expected = generator({"digit": np.array([1, 2]), "noise": noise_batch})
+    np.testing.assert_array_equal(gan((np.array([1, 2]), noise_batch)), expected)
+
+
 def test_without_ema_the_generator_itself_is_sampled():
     gan = tiny_gan(ema_decay=0.0)
     assert gan.ema_generator is None and gan.inference_generator is gan.generator
