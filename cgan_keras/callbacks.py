@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from cgan_keras import artifacts, grids
 from cgan_keras.config import check_positive_integers
+from cgan_keras.labels import check_labels
 from cgan_keras.metrics import report
 from cgan_keras.sampler import DigitSampler
 
@@ -38,8 +39,8 @@ class SampleGridCallback(keras.callbacks.Callback):
     Args:
         directory: folder that receives `step_000100.png`, ...
         every: steps between grids.
-        digits: the digit of each tile, row by row; the default `0..8` fills
-            a 3x3 grid.
+        digits: the digit of each tile, row by row; the default, `None`, is
+            `0..8` (a 3x3 grid), or every class of a model with fewer.
         columns: tiles per row.
         seed: seed of the fixed noise.
         log_dir: optional TensorBoard log directory (the one given to
@@ -52,12 +53,12 @@ class SampleGridCallback(keras.callbacks.Callback):
     ...         callbacks=[SampleGridCallback("run/samples", every=100)])
     """
 
-    def __init__(self, directory, every=100, digits=tuple(range(9)), columns=3, seed=0, log_dir=None):
+    def __init__(self, directory, every=100, digits=None, columns=3, seed=0, log_dir=None):
         super().__init__()
         check_positive_integers(every=every, columns=columns)
         self.directory = Path(directory)
         self.every = every
-        self.digits = np.asarray(digits, dtype="int32")
+        self.digits = digits  # checked against the model's classes in `set_model`
         self.columns = columns
         self.seed = seed
         self.log_dir = log_dir
@@ -68,6 +69,8 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
+        digits = range(min(9, model.num_classes)) if self.digits is None else self.digits
+        self._digits = check_labels(digits, model.num_classes, name="SampleGridCallback digits")
         self._sampler = DigitSampler.from_gan(model)
 
     def on_train_begin(self, logs=None):
@@ -94,9 +97,9 @@ class SampleGridCallback(keras.callbacks.Callback):
 
     def write_grid(self, step):
         """Renders the fixed samples at the current weights; returns the PNG's path."""
-        images = self._sampler(self.digits, seed=self.seed)
+        images = self._sampler(self._digits, seed=self.seed)
         path = self.directory / f"step_{step:06d}.png"
-        grids.save_grid(path, images, self.digits, columns=self.columns, title=f"step {step}")
+        grids.save_grid(path, images, self._digits, columns=self.columns, title=f"step {step}")
         if self._writer is not None:
             with self._writer.as_default():
                 tf.summary.image("samples", grids.tile(images, self.columns)[np.newaxis], step=step)

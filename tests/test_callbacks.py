@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from support import tiny_gan
+from support import LATENT_DIM, TINY, tiny_gan
 
+from cgan_keras import models
 from cgan_keras.callbacks import SampleGridCallback
+from cgan_keras.gan import ConditionalGAN
 
 
 def test_grids_are_written_after_step_one_and_every_hundred_global_steps(tmp_path, digits):
@@ -48,6 +50,23 @@ def test_an_epochs_short_last_execution_adds_no_grid(tmp_path):
     assert sorted(path.name for path in tmp_path.glob("*.png")) == [
         "step_000003.png", "step_000006.png", "step_000009.png", "step_000013.png", "step_000016.png",
         "step_000020.png"]  # fmt: skip
+
+
+def test_the_default_grid_takes_a_model_of_five_classes_and_digits_it_lacks_are_refused_before_a_step(tmp_path, digits):
+    images, labels = (array[digits[1] < 5] for array in digits)
+    gan = ConditionalGAN(
+        LATENT_DIM,
+        num_classes=5,
+        generator=models.build_generator(LATENT_DIM, 5, filters=TINY.generator_filters),
+        discriminator=models.build_discriminator(5, filters=TINY.discriminator_filters),
+    )
+    gan.compile()
+    grids = SampleGridCallback(tmp_path, every=100)  # 0..8 by default: after step 1, digit 5 failed the run
+    gan.fit(images, labels, batch_size=16, steps_per_epoch=1, epochs=1, callbacks=[grids], verbose=0)
+    assert (tmp_path / "step_000001.png").exists()
+    with pytest.raises(ValueError, match=r"class indices in 0..4. Received: SampleGridCallback digits\[1\]=7"):
+        gan.fit(images, labels, batch_size=16, callbacks=[SampleGridCallback(tmp_path, digits=[1, 7])], verbose=0)
+    assert int(gan.optimizer.iterations) == 1
 
 
 @pytest.mark.parametrize("arguments", [dict(every=0), dict(every=2.5), dict(columns=0), dict(every=True)])
