@@ -487,6 +487,11 @@ class ConditionalGAN(keras.Model):
         `export.export_generator` writes what `train.py` exports instead (images
         in [0, 1], a `noise` or `seed` input, and the `condition` signature).
         """
+        if format != "tf_saved_model":  # the call draws its noise in the graph: ONNX has no such op
+            raise ValueError(
+                "ConditionalGAN.export writes a TensorFlow SavedModel; for ONNX use "
+                f"cgan_keras.export_onnx(gan, path) (noise as an input). Received: format={format!r}"
+            )
         # `built` is set in `__init__`, so Keras never saw a call's inputs to trace from.
         input_signature = input_signature or [tf.TensorSpec([None], tf.int32, name="digit")]
         return super().export(filepath, format, verbose, input_signature, **kwargs)

@@ -139,6 +139,10 @@ def test_keras_export_of_the_gan_takes_digits_and_returns_its_images(tmp_path):
     exported = tf.saved_model.load(str(tmp_path / "keras_export"))
     images = exported.serve(tf.constant([1, 2, 3], tf.int32)).numpy()
     assert images.shape == (3, 28, 28, 1) and -1 <= images.min() and images.max() <= 1
+    # tf2onnx would log the in-graph noise op as unsupported and write a file onnxruntime refuses.
+    with pytest.raises(ValueError, match=r"for ONNX use cgan_keras.export_onnx\(gan, path\).*format='onnx'"):
+        gan.export(tmp_path / "gan.onnx", format="onnx")
+    assert not (tmp_path / "gan.onnx").exists()
 
 
 def test_serving_layout_is_a_numbered_version_of_the_saved_model(tmp_path):
