@@ -95,7 +95,7 @@ class ConditionalGAN(keras.Model):
         with models.policy_scope(self.dtype_policy):  # `dtype=` reaches the networks built here
             self.generator = generator or models.build_generator(latent_dim, num_classes, self.image_shape)
             self.discriminator = discriminator or models.build_discriminator(num_classes, self.image_shape)
-            models.check_generator(self.generator, latent_dim, self.image_shape)
+            models.check_networks(self.generator, self.discriminator, latent_dim, num_classes, self.image_shape)
             # Same architecture and name: its exports are "the generator".
             self.ema_generator = ema.averaged_copy(self.generator) if ema_decay else None
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="step_seed")

@@ -105,18 +105,41 @@ def build_generator(
     return keras.Model({"digit": digit, "noise": noise}, image, name=name)
 
 
-def check_generator(generator, latent_dim, image_shape):
-    """Raises ValueError unless `generator` takes `noise` `(None, latent_dim)` and outputs `(None, *image_shape)`."""
-    noise_shape = tuple(generator.input["noise"].shape)
-    if noise_shape != (None, latent_dim):
-        raise ValueError(
-            f"The generator's `noise` input must have shape (None, {latent_dim}). Received: noise shape={noise_shape}"
-        )
-    if tuple(generator.output.shape[1:]) != tuple(image_shape):
-        raise ValueError(
-            f"The generator must output images of shape {tuple(image_shape)}. "
-            f"Received: output shape={tuple(generator.output.shape[1:])}"
-        )
+def check_networks(generator, discriminator, latent_dim, num_classes, image_shape):
+    """Raises `ValueError` naming what does not fit unless the two networks make a GAN of these settings.
+
+    Each must be a functional model with dict inputs (the generator `digit` and
+    `noise` `(None, latent_dim)`, output `(None, *image_shape)`; the
+    discriminator `image` `(None, *image_shape)` and `digit`, output
+    `(None, 1)`), and every one-hot layer must encode `num_classes` digits: a
+    digit the layer lacks would encode as zeros and train without its label,
+    silently.
+    """
+    for role, network, names in (
+        ("generator", generator, ("digit", "noise")),
+        ("discriminator", discriminator, ("digit", "image")),
+    ):
+        inputs = getattr(network, "input", None)  # a subclassed model that was never called has none
+        if not (isinstance(inputs, dict) and set(names) <= set(inputs)):
+            received = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(
+                f"The {role} must be a functional model with dict inputs {names}. Received: inputs={received}"
+            )
+        for layer in network.layers:
+            if isinstance(layer, layers.CategoryEncoding) and layer.num_tokens != num_classes:
+                raise ValueError(
+                    f"The {role}'s one-hot layer `{layer.name}` encodes {layer.num_tokens} digits; "
+                    f"the GAN has num_classes={num_classes}"
+                )
+    shapes = {
+        "generator's `noise` input": (generator.input["noise"].shape, (None, latent_dim)),
+        "generator's output": (generator.output.shape, (None, *image_shape)),
+        "discriminator's `image` input": (discriminator.input["image"].shape, (None, *image_shape)),
+        "discriminator's output": (discriminator.output.shape, (None, 1)),
+    }
+    for what, (shape, expected) in shapes.items():
+        if tuple(shape) != tuple(expected):
+            raise ValueError(f"The {what} must have shape {tuple(expected)}. Received: {tuple(shape)}")
 
 
 def with_condition_input(generator):

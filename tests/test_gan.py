@@ -5,8 +5,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import LATENT_DIM, tiny_gan
+from support import LATENT_DIM, TINY, tiny_gan
 
+from cgan_keras import models
 from cgan_keras.config import TrainConfig
 from cgan_keras.gan import ConditionalGAN, _update_discriminator, r1_penalty
 from cgan_keras.losses import LinearLoss
@@ -346,6 +347,33 @@ def test_a_generator_with_an_unregistered_custom_layer_gets_its_ema_copy():
     noise_batch = np.ones((2, LATENT_DIM), "float32")
     expected = generator({"digit": np.array([1, 2]), "noise": noise_batch})
     np.testing.assert_array_equal(gan((np.array([1, 2]), noise_batch)), expected)
+
+
+def test_networks_that_do_not_fit_the_gan_are_refused_when_it_is_made():
+    generator = models.build_generator(LATENT_DIM, filters=TINY.generator_filters)
+    discriminator = models.build_discriminator(filters=TINY.discriminator_filters)
+    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((LATENT_DIM,), name="noise")
+    listed = keras.Model([digit, noise], generator({"digit": digit, "noise": noise}))
+    cases = [
+        # Digits 10 and 11 would one-hot to zeros: the GAN trained them without their labels.
+        (
+            dict(num_classes=12),
+            "The generator's one-hot layer `digit_one_hot` encodes 10 digits; the GAN has num_classes=12",
+        ),
+        (
+            dict(latent_dim=LATENT_DIM + 1),
+            "The generator's `noise` input must have shape (None, 9). Received: (None, 8)",
+        ),
+        (dict(generator=listed), "The generator must be a functional model with dict inputs ('digit', 'noise')"),
+        (
+            dict(discriminator=models.build_discriminator(image_shape=(32, 32, 1), filters=TINY.discriminator_filters)),
+            "The discriminator's `image` input must have shape (None, 28, 28, 1). Received: (None, 32, 32, 1)",
+        ),
+    ]
+    for arguments, message in cases:
+        settings = {"latent_dim": LATENT_DIM, "generator": generator, "discriminator": discriminator, **arguments}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            ConditionalGAN(**settings)
 
 
 def test_without_ema_the_generator_itself_is_sampled():
