@@ -18,18 +18,18 @@ def save_grid(path, images, captions, columns=3, title=None):
 
     Args:
         path: destination `.png`; written atomically.
-        images: float32 `(N, H, W, 1)` or `(N, H, W)` in [0, 1].
+        images: float32 `(N, H, W, C)` (C 1 for grey, 3 for colour) or `(N, H, W)` in [0, 1].
         captions: `N` captions, one per tile (e.g. the digit asked for); `str()` of each is drawn above it.
         columns: tiles per row; rows follow from `N`.
         title: optional line above the grid.
     """
     images = np.asarray(images)
-    images = images[..., 0] if images.ndim == 4 else images
-    count, height, width = images.shape
+    images = images[..., np.newaxis] if images.ndim == 3 else images
+    count, height, width, channels = images.shape
     rows = math.ceil(count / columns)
     gap, band = 2, 10  # pixels between tiles, and of the caption above each tile
     cell_height, cell_width = band + height + gap, width + gap
-    canvas = np.ones((rows * cell_height, columns * cell_width), np.float32)  # white
+    canvas = np.ones((rows * cell_height, columns * cell_width, channels), np.float32)  # white
     for index, image in enumerate(images):
         row, column = divmod(index, columns)
         top, left = row * cell_height + band, column * cell_width + gap // 2
@@ -38,7 +38,9 @@ def save_grid(path, images, captions, columns=3, title=None):
     title_inches = 0.3 if title else 0.0
     figure = Figure(figsize=(canvas.shape[1] * inches_per_pixel, canvas.shape[0] * inches_per_pixel + title_inches))
     axes = figure.add_axes((0, 0, 1, 1 - title_inches / figure.get_figheight()))
-    axes.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    grey = channels == 1
+    axes.imshow(canvas[..., 0] if grey else canvas, cmap="gray" if grey else None, vmin=0, vmax=1,
+                interpolation="nearest", aspect="auto")  # fmt: skip
     axes.axis("off")
     for index, caption in enumerate(captions):
         row, column = divmod(index, columns)
