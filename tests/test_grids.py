@@ -5,9 +5,9 @@ from cgan_keras.grids import save_grid
 
 
 def test_a_grid_keeps_colour_images_in_colour_and_grey_ones_grey(tmp_path):
-    red, blue = np.zeros((1, 16, 16, 3), "float32"), np.zeros((16, 16, 3), "float32")
-    red[..., 0], blue[..., 2] = 1.0, 1.0
-    save_grid(tmp_path / "colour.png", np.stack([red[0], blue]), ["r", "b"], columns=2)
+    tiles = np.zeros((2, 16, 16, 3), "float32")
+    tiles[0, ..., 0], tiles[1, ..., 2] = 1.0, 1.0  # red, blue
+    save_grid(tmp_path / "colour.png", tiles, ["r", "b"], columns=2)
     pixels = image.imread(tmp_path / "colour.png")
     red_ones = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.1) & (pixels[..., 2] < 0.1)
     blue_ones = (pixels[..., 2] > 0.9) & (pixels[..., 0] < 0.1) & (pixels[..., 1] < 0.1)
