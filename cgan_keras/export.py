@@ -68,6 +68,7 @@ def export_generator(gan, path):
       These are not the images of `infer.py --seed` (numpy draws that noise).
     - `condition`: `condition` float32 `[None, num_classes]` (a one-hot, or a
       weighted one between digits) and `noise`; see `models.with_condition_input`.
+      Only for a generator with a `digit_one_hot` layer (`build_generator`'s).
 
     BatchNorm runs in inference mode, in float32 whatever the training's
     dtype policy (as `export_onnx`). No device is baked in, so the
@@ -106,7 +107,9 @@ def export_generator(gan, path):
         fn=generate,
         input_signature=[tf.TensorSpec([None], tf.int32, name="digit"), tf.TensorSpec([], tf.int64, name="seed")],
     )
-    archive.add_endpoint(name="condition", fn=_condition_function(generator), input_signature=_condition_signature(gan))
+    if models.has_condition_layer(generator):
+        condition = _condition_function(generator)
+        archive.add_endpoint(name="condition", fn=condition, input_signature=_condition_signature(gan))
     archive.add_variable_collection("num_classes", [tf.Variable(gan.num_classes, trainable=False, name="num_classes")])
     with atomic_path(path, directory=True) as temporary:
         try:
@@ -139,7 +142,8 @@ def export_onnx(gan, path):
     Inputs `digit` int32 `[N]` and `noise` float32 `[N, latent_dim]`; output
     `images` float32 `[N, H, W, C]` in [0, 1], as the SavedModel's
     `serving_default`, with BatchNorm in inference mode, computed in float32
-    whatever the training's dtype policy. The graph's first node one-hot
+    whatever the training's dtype policy. For a generator with a
+    `digit_one_hot` layer (`build_generator`'s), the graph's first node one-hot
     encodes `digit` into the tensor `condition` float32 `[N, num_classes]`;
     cut there (`sampler.DigitSampler.from_onnx` does), the rest of the graph
     is the SavedModel's `condition` signature. Metadata `latent_dim` and
@@ -164,10 +168,13 @@ def export_onnx(gan, path):
     import onnx
     import tf2onnx
 
-    signature = _condition_signature(gan)
-    function = tf.function(_condition_function(_float32_copy(gan.inference_generator)), input_signature=signature)
-    model, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=ONNX_OPSET)
-    _feed_condition_from_digit(model.graph, gan.num_classes)
+    generator = _float32_copy(gan.inference_generator)
+    conditioned = models.has_condition_layer(generator)
+    signature = _condition_signature(gan) if conditioned else _serving_signature(gan)
+    serve = _condition_function(generator) if conditioned else _serving_function(gan, generator)
+    model, _ = tf2onnx.convert.from_function(tf.function(serve, input_signature=signature), signature, opset=ONNX_OPSET)
+    if conditioned:
+        _feed_condition_from_digit(model.graph, gan.num_classes)
     for key, value in {"latent_dim": gan.latent_dim, "num_classes": gan.num_classes}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)

@@ -142,6 +142,12 @@ def check_networks(generator, discriminator, latent_dim, num_classes, image_shap
             raise ValueError(f"The {what} must have shape {tuple(expected)}. Received: {tuple(shape)}")
 
 
+def has_condition_layer(generator):
+    """Whether `generator` one-hot encodes its digit in a layer named `digit_one_hot` (`build_generator`'s do),
+    which `with_condition_input` feeds a weighted one-hot instead."""
+    return any(layer.name == "digit_one_hot" for layer in generator.layers)
+
+
 def with_condition_input(generator):
     """The same generator, fed a condition vector where it one-hot encodes the digit.
 
@@ -160,8 +166,7 @@ def with_condition_input(generator):
     Raises:
         ValueError: `generator` has no `noise` input or no `digit_one_hot` layer.
     """
-    layer_names = {layer.name for layer in generator.layers}
-    if "digit_one_hot" not in layer_names or "noise" not in layer_names:
+    if not has_condition_layer(generator) or "noise" not in {layer.name for layer in generator.layers}:
         raise ValueError(
             "Expected a generator from `build_generator`, with a `noise` input and a `digit_one_hot` layer. "
             f"Received: {generator.name!r}"

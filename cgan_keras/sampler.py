@@ -169,7 +169,10 @@ class DigitSampler:
         if frames < 2 or count < 1:
             raise ValueError(f"Expected frames >= 2 and count >= 1. Received: frames={frames}, count={count}")
         if self.on_condition is None:
-            raise ValueError("This model has no condition input to interpolate with; export it again with train.py.")
+            raise ValueError(
+                "This generator has no condition input to interpolate with: a `digit_one_hot` layer, as "
+                "`build_generator` makes (an export from before it existed: export it again)."
+            )
         weights = np.linspace(0.0, 1.0, frames, dtype=np.float32)[:, None]
         one_hot = np.eye(self.num_classes, dtype=np.float32)
         conditions = np.tile((1 - weights) * one_hot[start] + weights * one_hot[end], (count, 1))
@@ -223,7 +226,7 @@ class DigitSampler:
             latent_dim,
             network.output.shape[1:],
             num_classes,
-            _built_on_first_call(condition_forward),
+            _built_on_first_call(condition_forward) if models.has_condition_layer(network) else None,
         )
 
     @classmethod
@@ -325,16 +328,17 @@ def _condition_session(path, providers):
     """An onnxruntime session of the generator ONNX file at `path`, cut at its `condition` tensor.
 
     Raises:
-        ValueError: the file has no `condition` tensor (exported before it had one).
+        ValueError: the file has no `condition` tensor (no `digit_one_hot` layer, or exported before it had one).
     """
     import onnx
     import onnxruntime
 
     try:
         model = onnx.utils.Extractor(onnx.load(str(path))).extract_model(["condition", "noise"], ["images"])
-    except KeyError:
+    except (KeyError, ValueError):  # which one depends on where the name is missing
         raise ValueError(
-            f"This ONNX file has no condition tensor to interpolate with; export it again with train.py. "
+            "This generator has no condition input to interpolate with: its ONNX file has no `condition` "
+            "tensor (a generator without a `digit_one_hot` layer, or an export from before it existed). "
             f"Received: path={str(path)!r}"
         ) from None
     return onnxruntime.InferenceSession(model.SerializeToString(), providers=providers)

@@ -21,6 +21,8 @@ from cgan_keras.export import (
     load_generator,
     save_model,
 )
+from cgan_keras.gan import ConditionalGAN
+from cgan_keras.sampler import DigitSampler
 
 # Runs in a fresh interpreter that never imports cgan_keras (asserted), as a user's server would.
 LOAD_AND_RUN = """
@@ -168,6 +170,25 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
     expected = (np.asarray(gan((digits, noise), training=False)) + 1) / 2
     np.testing.assert_allclose(images, expected, atol=1e-5)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["generator.onnx"]
+
+
+def test_a_generator_of_the_users_own_exports_without_the_condition_input(tmp_path):
+    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((LATENT_DIM,), name="noise")
+    features = keras.layers.Concatenate()([noise, keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)])
+    image = keras.layers.Reshape((28, 28, 1))(keras.layers.Dense(784, activation="tanh")(features))
+    generator = keras.Model({"digit": digit, "noise": noise}, image)  # no `digit_one_hot` layer to feed a condition
+    gan = ConditionalGAN(LATENT_DIM, generator=generator, discriminator=tiny_gan(compile=False).discriminator)
+    samplers = [
+        DigitSampler.from_gan(gan),
+        DigitSampler.from_saved_model(export_generator(gan, tmp_path / "generator")),  # refused it before
+        DigitSampler.from_onnx(export_onnx(gan, tmp_path / "generator.onnx")),  # and this
+    ]
+    images = [sampler([0, 4, 9], seed=3) for sampler in samplers]
+    for other in images[1:]:
+        np.testing.assert_allclose(other, images[0], atol=1e-5)
+    for sampler in samplers:
+        with pytest.raises(ValueError, match="This generator has no condition input to interpolate with"):
+            sampler.interpolate(3, 8, frames=3, count=1)
 
 
 def test_an_invalid_onnx_graph_is_an_error_and_no_file(tmp_path, monkeypatch):
