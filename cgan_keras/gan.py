@@ -394,7 +394,8 @@ class ConditionalGAN(keras.Model):
         """
         if self.seed is None:
             return None
-        steps = int(self.optimizer.iterations) if self.optimizer is not None else 0
+        # Through numpy: under tf.distribute the counter is a mirrored variable, which int() refuses.
+        steps = int(ops.convert_to_numpy(self.optimizer.iterations.value)) if self.optimizer is not None else 0
         return int(np.random.SeedSequence([self.seed, steps]).generate_state(1)[0])
 
     def train_step(self, batch):
