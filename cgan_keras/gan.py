@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import ops
 
 from cgan_keras import data, ema, losses, models
+from cgan_keras.callbacks import global_step
 from cgan_keras.config import TrainConfig, check_positive_integers, is_integer
 from cgan_keras.labels import check_labels
 
@@ -394,8 +395,7 @@ class ConditionalGAN(keras.Model):
         """
         if self.seed is None:
             return None
-        # Through numpy: under tf.distribute the counter is a mirrored variable, which int() refuses.
-        steps = int(ops.convert_to_numpy(self.optimizer.iterations.value)) if self.optimizer is not None else 0
+        steps = global_step(self) if self.optimizer is not None else 0
         return int(np.random.SeedSequence([self.seed, steps]).generate_state(1)[0])
 
     def train_step(self, batch):
