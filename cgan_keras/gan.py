@@ -604,13 +604,13 @@ def r1_penalty(discriminator, images, digits):
 def _keyed_inside(optimizer):
     """`optimizer`'s variables by their path, its name left out; a `LossScaleOptimizer`'s own under `loss_scale/`."""
     inner = getattr(optimizer, "inner_optimizer", None)
+    prefixes = {optimizer.name: "loss_scale/" if inner is not None else ""}
+    if inner is not None:
+        prefixes[inner.name] = ""
     keyed = {}
     for variable in optimizer.variables:
         owner, _, inside = variable.path.partition("/")
-        if inner is not None and owner == optimizer.name:
-            keyed[f"loss_scale/{inside}"] = variable
-        else:
-            keyed[inside if owner in (optimizer.name, getattr(inner, "name", None)) else variable.path] = variable
+        keyed[prefixes[owner] + inside if owner in prefixes else variable.path] = variable
     return keyed
 
 
