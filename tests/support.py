@@ -58,6 +58,19 @@ def tiny_gan(seed=0, compile=True, ema_decay=0.999, ema_statistics_every=4, **co
     return gan
 
 
+def own_generator(*extra_layers):
+    """A generator of a user's own, not `build_generator`'s: one dense layer, and no `digit_one_hot` layer.
+
+    `extra_layers` are applied to its tanh output before the reshape to `(28, 28, 1)`.
+    """
+    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((TINY.latent_dim,), name="noise")
+    features = keras.layers.Concatenate()([noise, keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)])
+    pixels = keras.layers.Dense(784, activation="tanh")(features)
+    for layer in extra_layers:
+        pixels = layer(pixels)
+    return keras.Model({"digit": digit, "noise": noise}, keras.layers.Reshape((28, 28, 1))(pixels))
+
+
 def mount_tmpfs(directory, size):
     """Mounts a tmpfs of `size` (e.g. "3m") on the new `directory`; returns whether that was allowed."""
     directory.mkdir()

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime
 import pytest
 import tensorflow as tf
-from support import LATENT_DIM, tiny_config, tiny_gan
+from support import LATENT_DIM, own_generator, tiny_config, tiny_gan
 
 from cgan_keras import training
 from cgan_keras.export import (
@@ -173,10 +173,7 @@ def test_onnx_export_has_the_saved_models_signature_and_outputs(tmp_path):
 
 
 def test_a_generator_of_the_users_own_exports_without_the_condition_input(tmp_path):
-    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((LATENT_DIM,), name="noise")
-    features = keras.layers.Concatenate()([noise, keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)])
-    image = keras.layers.Reshape((28, 28, 1))(keras.layers.Dense(784, activation="tanh")(features))
-    generator = keras.Model({"digit": digit, "noise": noise}, image)  # no `digit_one_hot` layer to feed a condition
+    generator = own_generator()  # no `digit_one_hot` layer to feed a condition
     gan = ConditionalGAN(LATENT_DIM, generator=generator, discriminator=tiny_gan(compile=False).discriminator)
     samplers = [
         DigitSampler.from_gan(gan),

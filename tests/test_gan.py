@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from support import LATENT_DIM, TINY, tiny_gan
+from support import LATENT_DIM, TINY, own_generator, tiny_gan
 
 from cgan_keras import models
 from cgan_keras.config import TrainConfig
@@ -338,10 +338,7 @@ def test_a_generator_with_an_unregistered_custom_layer_gets_its_ema_copy():
         def call(self, x):
             return x * 0.5
 
-    digit, noise = keras.Input((), dtype="int32", name="digit"), keras.Input((LATENT_DIM,), name="noise")
-    features = keras.layers.Concatenate()([noise, keras.layers.CategoryEncoding(10, output_mode="one_hot")(digit)])
-    image = keras.layers.Reshape((28, 28, 1))(Halve()(keras.layers.Dense(784, activation="tanh")(features)))
-    generator = keras.Model({"digit": digit, "noise": noise}, image)
+    generator = own_generator(Halve())
     gan = ConditionalGAN(LATENT_DIM, generator=generator, discriminator=tiny_gan(compile=False).discriminator)
     assert isinstance(gan.ema_generator.layers[-2], Halve) and list(gan.ema_generator.input) == ["digit", "noise"]
     noise_batch = np.ones((2, LATENT_DIM), "float32")
