@@ -20,12 +20,12 @@ call spends outside its steps. Variants, each against `default`
     xla        compile the step with XLA (`--jit-compile on`)
     synthetic  one fixed in-memory batch repeated (the input pipeline's cost, by difference)
     bf16       `--mixed-precision on`, which on a CPU means the `mixed_bfloat16` policy (checked)
-    float32    `--mixed-precision off` (`default` is `auto`: bfloat16 on CPUs that compute in it natively)
+    float32    `--mixed-precision off`: the same as `default` (only `bf16`, `fit` and `train.py` differ)
     seed       the seed preset's networks and AdaDelta (`TrainConfig.from_preset("seed")`)
-    fit        a bare `fit` with `train.py`'s settings (`TrainConfig()`, so `auto` precision; no XLA) in
+    fit        a bare `fit` with `train.py`'s settings (`TrainConfig()`, so `auto` precision, timed; no XLA) in
                epochs of `--log-every`-like 100 steps, timed like the `train.py` row: its callbacks' cost, by difference
     train.py   `training.run` as `python train.py` runs it: default flags (so `--jit-compile auto` and
-               `--mixed-precision auto` choose, timing XLA first), its callbacks, grids every 100
+               `--mixed-precision auto` choose, timing them first), its callbacks, grids every 100
                steps, a checkpoint every 500, its progress line as on a terminal; s/step is the mean after the
                warm-up over `--run-steps` (500, so one checkpoint falls inside), so the work done
                every 100 and 500 steps counts; stopped after them (no final evaluation)
@@ -53,6 +53,7 @@ script for each.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -207,12 +208,18 @@ def run_train_py(batch_size, images, labels, args):
 
 
 def run_bare_fit(batch_size, images, labels, args):
-    """Times a bare `fit` of `TrainConfig()`'s model in 100-step epochs as the `train.py` row is timed."""
-    keras.utils.set_random_seed(0)
+    """Times a bare `fit` of `TrainConfig()`'s model in 100-step epochs as the `train.py` row is timed.
+
+    In the precision `train.py` chooses (`--mixed-precision auto`, timed where
+    it times), without XLA; the timing counts in the warm-up's seconds.
+    """
     config = TrainConfig(data="builtin", batch_size=batch_size, jit_compile="off")
-    gan = training.build_gan(config)
     timer = RunTimer(args.warmup_steps, args.run_steps)
     started = time.perf_counter()
+    # The precision train.py would train in: where `auto` times it, timed the same way.
+    choice = speed.choose(config, functools.partial(training.time_candidates, config, images, labels, None, None))
+    keras.utils.set_random_seed(0)
+    gan = training.build_gan(config, policy=choice.policy)
     epochs = math.ceil((args.warmup_steps + args.run_steps) / config.log_every) + 1
     dataset = make_dataset(images, labels, batch_size, seed=config.seed)
     gan.fit(dataset, steps_per_epoch=config.log_every, epochs=epochs, callbacks=[timer], verbose=0)

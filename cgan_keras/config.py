@@ -108,8 +108,8 @@ class TrainConfig:
     )
     mixed_precision: str = _field(
         "auto",
-        "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs, "
-        "bfloat16 on CPUs where TensorFlow computes in it natively)",
+        "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs; on CPUs where "
+        "TensorFlow computes in bfloat16 natively, bfloat16 or float32, whichever is timed faster)",
     )
     intra_op_threads: int = _field(
         0,

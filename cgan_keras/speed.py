@@ -1,20 +1,22 @@
-"""How a run trains fastest on the machine at hand: XLA or not (timed), and the mixed-precision policy.
+"""How a run trains fastest on the machine at hand: XLA or not, and the precision policy, by timing.
 
 `training.run` calls `choose` before it seeds and builds its model. With
-`--jit-compile auto`, `choose` times a few steps of two throwaway models built
-from the same config, one with XLA and one without, and keeps the faster; the
-run's own weights, noise and batches are the same as if it had not measured.
-On a CPU the XLA model trains in a child process, taking turns with the plain
-one (`timing_process`): having trained one leaves a process 5-10% slower per
-step for good.
+`--jit-compile auto`, `choose` times a few steps of throwaway models built from
+the same config, with XLA and without, and keeps the faster; with
+`--mixed-precision auto` on a CPU that computes in bfloat16 natively it times
+the plain step in `float32` and in `mixed_bfloat16` too (bfloat16 paid 1.1-1.5x
+on two such CPUs and cost 1.3x on a third). The run's own weights, noise and
+batches are the same as if it had not measured. On a CPU the XLA model trains
+in a child process, taking turns with the plain ones (`timing_process`):
+having trained one leaves a process 5-10% slower per step for good.
 The choice goes to `speed.json` in the run directory, and a resumed run reuses
 it rather than deciding again (its checkpoint was trained under that choice).
 
 Example:
 
->>> choice = choose(config, time_both)  # time_both(policy) -> (xla_seconds, plain_seconds) per step
->>> print(choice.summary())
-XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32
+>>> choice = choose(config, timer)  # timer(policies, xla_policy) -> Timings
+>>> choice.jit_compile, choice.policy, choice.precision_seconds
+(False, 'float32', {'float32': 0.063, 'mixed_bfloat16': 0.08})
 """
 
 import dataclasses
@@ -48,15 +50,20 @@ class SpeedChoice:
         policy: the Keras dtype policy of the GAN's layers: `float32`,
             `mixed_float16` or `mixed_bfloat16`.
         xla_seconds: median seconds per step with XLA, when timed (else `None`).
-        plain_seconds: median seconds per step without XLA, when timed.
+        plain_seconds: median seconds per step without XLA, when timed (in
+            `policy` if it was timed without XLA, else in the policy XLA was timed in).
         measure_seconds: wall time spent timing, model builds and warm-ups included.
         reason: why `jit_compile` is what it is: `measured`, the forcing flag,
             or why `auto` did not measure.
         native_bfloat16: whether the CPU has bfloat16 instructions that TensorFlow
-            may use (`distribute.native_bfloat16`), where `auto` trains in `mixed_bfloat16`.
+            may use (`distribute.native_bfloat16`), where `auto` trains in
+            `mixed_bfloat16` unless timed slower.
         intra_op_threads: TensorFlow's threads per op during the run (`0`:
             its default, one per core); set by `train.py` before TensorFlow
             starts (`set_intra_op_threads`), not re-decided here.
+        precision_seconds: median seconds per plain step in each policy timed,
+            e.g. `{"float32": 0.063, "mixed_bfloat16": 0.080}`, when the
+            precision was timed (else `None`).
         recorded: read back from `speed.json` (a resumed run), not decided now;
             not saved.
     """
@@ -69,6 +76,7 @@ class SpeedChoice:
     reason: str = "measured"
     native_bfloat16: bool = False
     intra_op_threads: int = 0
+    precision_seconds: dict | None = None
     recorded: bool = dataclasses.field(default=False, compare=False)
 
     def summary(self):
@@ -79,7 +87,14 @@ class SpeedChoice:
         else:
             xla = f"XLA: {verdict} ({self.reason})"
         line = f"{xla}. Precision: {self.policy}"
-        if self.policy == "mixed_bfloat16" and self.native_bfloat16:
+        if self.precision_seconds and not self.jit_compile:
+            others = ", ".join(
+                f"{seconds:.3f} s/step in {policy}"
+                for policy, seconds in self.precision_seconds.items()
+                if policy != self.policy
+            )
+            line += f" (timed: {self.precision_seconds[self.policy]:.3f} s/step vs {others})"
+        elif self.policy == "mixed_bfloat16" and self.native_bfloat16:
             line += " (this CPU computes in bfloat16 natively)"
         line += f". Threads per op: {self.intra_op_threads or 'TensorFlow default'}"
         return line + (" -- as recorded in speed.json when the run started" if self.recorded else "")
@@ -93,8 +108,24 @@ class SpeedChoice:
 
     @classmethod
     def load(cls, path):
-        """Reads a choice written by `save`; it comes back with `recorded=True`."""
+        """Reads a choice written by `save` (older ones lack `precision_seconds`); it comes back `recorded`."""
         return cls(**json.loads(Path(path).read_text()), recorded=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    """What a run's timer measured: median seconds per step of throwaway models.
+
+    Attributes:
+        plain_seconds: `{policy: seconds}` without XLA, for each policy asked
+            for (empty where XLA failed on a GPU: nothing is left to decide).
+        xla_seconds: seconds with XLA, or `None` where it was not asked for or failed.
+        xla_failure: why XLA could not be timed (e.g. `UnimplementedError`), or `None`.
+    """
+
+    plain_seconds: dict
+    xla_seconds: float | None = None
+    xla_failure: str | None = None
 
 
 def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
@@ -134,41 +165,26 @@ def set_intra_op_threads(threads):
         tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
-def choose_jit_compile(setting, time_both, measure=True):
-    """Decides whether to compile with XLA: as forced, or by timing both ways.
-
-    Args:
-        setting: `on`, `off` or `auto`.
-        time_both: `time_both() -> (xla_seconds, plain_seconds)` per step;
-            called only for `auto` with `measure`.
-        measure: whether `auto` may time; without it, `auto` means off.
-
-    Returns:
-        `(jit_compile, xla_seconds, plain_seconds, reason)`; the seconds are
-        `None` when nothing was timed. A `timing_process.TimingFailed` from
-        `time_both` means XLA does not work here: the plain step is chosen,
-        and `reason` says why. Any other error is the plain step's, which the
-        run would meet too, and propagates.
-    """
-    if setting in ("on", "off"):
-        return setting == "on", None, None, f"--jit-compile {setting}"
-    if not measure:
-        return False, None, None, f"--jit-compile auto times runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more"
-    try:
-        xla_seconds, plain_seconds = time_both()
-    except timing_process.TimingFailed as error:
-        return False, None, None, f"XLA failed here: {error}"
-    return xla_seconds < plain_seconds, xla_seconds, plain_seconds, "measured"
-
-
-def choose(config, time_both, record=None, resume=False):
+def choose(config, timer, record=None, resume=False, can_time=True):
     """The run's `SpeedChoice`: the one in `record` when resuming, else decided now and saved there.
+
+    What is timed (runs of `timing_process.MEASURE_MIN_STEPS` steps or more):
+    with `--jit-compile auto`, XLA in the policy `--mixed-precision` gives
+    (`distribute.mixed_precision_policy`) against the plain step; with
+    `--mixed-precision auto` where that policy is `mixed_bfloat16` (a CPU that
+    computes in bfloat16 natively) and XLA is not forced on, the plain step in
+    `float32` too. The fastest of them is kept. Untimed, `auto` means no XLA
+    and that policy.
 
     Args:
         config: the run's `TrainConfig` (`jit_compile`, `mixed_precision`, `steps`).
-        time_both: `time_both(policy) -> (xla_seconds, plain_seconds)` per step (see `time_steps`).
+        timer: `timer(policies, xla_policy) -> Timings`: the plain step in each of
+            `policies`, and XLA in `xla_policy` unless it is `None`
+            (`training.time_candidates`); called only if there is something to decide.
         record: the run's `speed.json`, or `None` to keep no record.
         resume: reuse `record` if it exists.
+        can_time: `False` where training steps cannot be timed before the run
+            (several workers): `auto` then decides untimed.
     """
     if resume and record is not None and Path(record).exists():
         # Threads do not change what the checkpoint means: the ones in effect now are reported.
@@ -176,19 +192,38 @@ def choose(config, time_both, record=None, resume=False):
         return dataclasses.replace(SpeedChoice.load(record), intra_op_threads=threads)
     started = time.perf_counter()
     policy = distribute.mixed_precision_policy(config.mixed_precision)
-    measure = config.steps >= timing_process.MEASURE_MIN_STEPS
-    jit_compile, xla_seconds, plain_seconds, reason = choose_jit_compile(
-        config.jit_compile, lambda: time_both(policy), measure
+    measure = can_time and config.steps >= timing_process.MEASURE_MIN_STEPS
+    time_xla = measure and config.jit_compile == "auto"
+    time_precision = (
+        measure and config.mixed_precision == "auto" and policy == "mixed_bfloat16" and config.jit_compile != "on"
     )
+    policies = ("float32", policy) if time_precision else (policy,)
+    timings = timer(policies, policy if time_xla else None) if time_xla or time_precision else None
+    plain = timings.plain_seconds if timings else {}
+    fastest_plain = min(plain, key=plain.get) if plain else policy
+    jit_compile = config.jit_compile == "on"
+    if config.jit_compile in ("on", "off"):
+        reason = f"--jit-compile {config.jit_compile}"
+    elif not measure:
+        reason = (
+            f"--jit-compile auto times runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more"
+            if can_time
+            else "--jit-compile auto does not time runs of several workers"
+        )
+    elif timings.xla_failure:
+        reason = f"XLA failed here: {timings.xla_failure}"
+    else:
+        jit_compile, reason = timings.xla_seconds < plain[fastest_plain], "measured"
     choice = SpeedChoice(
         jit_compile,
-        policy,
-        xla_seconds,
-        plain_seconds,
+        policy if jit_compile else fastest_plain,
+        timings.xla_seconds if timings else None,
+        plain.get(fastest_plain),
         round(time.perf_counter() - started, 1),
         reason,
         distribute.native_bfloat16(),
         tf.config.threading.get_intra_op_parallelism_threads(),
+        plain if time_precision else None,
     )
     if record is not None:
         choice.save(record)
@@ -220,10 +255,7 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, betwe
     timed_steps = timing_process.TIMED_STEPS if timed_steps is None else timed_steps
     if between_turns is not None and warmup_steps < 1:
         raise ValueError(f"Taking turns needs a warm-up step to wait after. Received: warmup_steps={warmup_steps}")
-    period = gan.r1_interval if gan.r1_gamma else 1
-    # Both sides of a turn-taking timing derive the same turns from the same config.
-    turns = min(turns, math.ceil(timed_steps / period))
-    turn_steps = math.ceil(timed_steps / turns / period) * period
+    turns, turn_steps = _turn_plan(gan, timed_steps, turns)
 
     def pause(steps_done):
         turns_done, within_turn = divmod(steps_done - warmup_steps, turn_steps)
@@ -232,8 +264,66 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, betwe
 
     timer = StepTimer(pause)
     gan.fit(dataset, steps_per_epoch=warmup_steps + turn_steps * turns, epochs=1, verbose=0, callbacks=[timer])
-    timed = timer.step_seconds[warmup_steps:]
-    return statistics.median(statistics.mean(timed[start : start + period]) for start in range(0, len(timed), period))
+    return _median_period(gan, timer.step_seconds[warmup_steps:])
+
+
+class TurnTaker:
+    """Times another model in turns from inside a `time_steps`: pass it as (or call it from) `between_turns`.
+
+    Each call trains one turn of its model, in a short `fit` of its own whose
+    first step (the new iterator's start) is not timed; the call before the
+    first turn warms it up instead. So two models in one process take turns
+    as the run's takes turns with `timing_process`' child.
+
+    Args:
+        gan: a compiled `ConditionalGAN`, used up.
+        dataset: batches `(images, labels)`, repeated.
+        warmup_steps, timed_steps, turns: as `time_steps` is given them.
+    """
+
+    def __init__(self, gan, dataset, warmup_steps=None, timed_steps=None, turns=1):
+        self.gan, self.dataset = gan, dataset
+        self.warmup_steps = timing_process.WARMUP_STEPS if warmup_steps is None else warmup_steps
+        timed_steps = timing_process.TIMED_STEPS if timed_steps is None else timed_steps
+        self.turns, self.turn_steps = _turn_plan(gan, timed_steps, turns)
+        self.step_seconds = []
+
+    def __call__(self, turns_left):
+        """Warms up before the first turn (`turns_left == turns`), else trains a turn."""
+        if turns_left == self.turns:
+            self.gan.fit(self.dataset, steps_per_epoch=self.warmup_steps, epochs=1, verbose=0)
+            return
+        timer = StepTimer()
+        self.gan.fit(self.dataset, steps_per_epoch=1 + self.turn_steps, epochs=1, verbose=0, callbacks=[timer])
+        self.step_seconds += timer.step_seconds[1:]
+
+    def seconds(self):
+        """The median seconds per step over the turns trained, as `time_steps` gives it."""
+        return _median_period(self.gan, self.step_seconds)
+
+
+def _turn_plan(gan, timed_steps, turns):
+    """`(turns, steps per turn)`: at most `turns` turns of whole lazy-R1 periods, `timed_steps` or more in all.
+
+    Fewer turns where `timed_steps` holds fewer periods. Both sides of a
+    turn-taking timing derive the same plan from the same config.
+    """
+    period = _r1_period(gan)
+    turns = min(turns, math.ceil(timed_steps / period))
+    return turns, math.ceil(timed_steps / turns / period) * period
+
+
+def _median_period(gan, step_seconds):
+    """The median over each lazy-R1 period's mean step (over each step without lazy R1)."""
+    period = _r1_period(gan)
+    return statistics.median(
+        statistics.mean(step_seconds[start : start + period]) for start in range(0, len(step_seconds), period)
+    )
+
+
+def _r1_period(gan):
+    """Steps per lazy-R1 period: one in each `r1_interval` steps is dearer (1 without R1)."""
+    return gan.r1_interval if gan.r1_gamma else 1
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -195,8 +195,9 @@ def run(
     First the run settles XLA and the precision policy (`speed.choose`;
     with `--jit-compile auto` and at least `timing_process.MEASURE_MIN_STEPS` steps it
     times both ways on throwaway models, on a CPU the XLA one in a child
-    process) and records them in `config.out/speed.json`; a resumed run
-    reuses that record.
+    process, and with `--mixed-precision auto` on a CPU that computes in
+    bfloat16 natively the plain step in both precisions) and records them in
+    `config.out/speed.json`; a resumed run reuses that record.
 
     Args:
         config: the run's `TrainConfig`.
@@ -237,12 +238,13 @@ def run(
     # Timed before the seed is set: the throwaway models' draws do not shift the run's.
     try:
         choice = speed.choose(
-            # Timing runs `fit`, which fails with several workers, and each worker
-            # would time for itself: there `auto` means off, the same on every worker.
-            dataclasses.replace(config, jit_compile="off") if multiworker and config.jit_compile == "auto" else config,
-            functools.partial(_time_both, config, images, labels, strategy, xla_timing),
+            config,
+            functools.partial(time_candidates, config, images, labels, strategy, xla_timing),
             out / "speed.json" if chief else None,
             resume,
+            # Timing runs `fit`, which fails with several workers, and each worker would
+            # time for itself: there `auto` decides untimed, the same on every worker.
+            can_time=not multiworker,
         )
     finally:
         if xla_timing is not None:
@@ -345,32 +347,81 @@ def _writable_directory(out, chief):
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _time_both(config, images, labels, strategy, xla_timing, policy):
-    """Seconds per step with and without XLA, of throwaway models built like the run's, on its first batches.
+def time_candidates(config, images, labels, strategy, xla_timing, policies, xla_policy):
+    """Seconds per step of throwaway models built like the run's, on its first batches (`speed.choose`'s timer).
 
-    On a CPU the XLA model trains in a child process (`xla_timing` if given),
-    taking turns with the plain one here: a CPU process that has trained an
-    XLA model stays slower. On a GPU, whose memory is this process's already,
-    both train here, one after the other.
+    On a CPU the plain models take turns here (`speed.TurnTaker`) and the XLA
+    one trains in a child process (`xla_timing` if given), taking turns with
+    them: a CPU process that has trained an XLA model stays slower. On a GPU,
+    whose memory is this process's already, each trains here after the other.
+
+    Args:
+        config, images, labels, strategy: as `run` is given them.
+        xla_timing: a started `timing_process.TimingProcess`, or `None`; closed here.
+        policies: the policies to time the plain step in (one on a GPU).
+        xla_policy: the policy to time XLA in, or `None` not to time it.
+
+    Returns:
+        A `speed.Timings`. Where XLA fails, the plain models are still timed on
+        a CPU, and not at all on a GPU (only its one policy is left).
     """
     digits = config.batch_size * (timing_process.WARMUP_STEPS + timing_process.TIMED_STEPS)
     images, labels = images[:digits], labels[:digits]
     if tf.config.list_physical_devices("GPU"):
         if xla_timing is not None:  # started before the GPU was seen: its CPU work would slow these timings
             xla_timing.close()
-        try:
-            xla_seconds = time_model_steps(config, images, labels, strategy, True, policy)
-        except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
-            raise timing_process.TimingFailed(type(error).__name__) from error
-        return xla_seconds, time_model_steps(config, images, labels, strategy, False, policy)
+        xla_seconds = None
+        if xla_policy is not None:
+            try:
+                xla_seconds = time_model_steps(config, images, labels, strategy, True, xla_policy)
+            except tf.errors.OpError as error:  # an op XLA cannot compile here: the plain step still works
+                return speed.Timings({}, xla_failure=type(error).__name__)
+        plain = {policy: time_model_steps(config, images, labels, strategy, False, policy) for policy in policies}
+        return speed.Timings(plain, xla_seconds)
     threads = tf.config.threading.get_intra_op_parallelism_threads()
-    child = xla_timing or timing_process.TimingProcess(config, policy, threads)
-    try:
-        turns = {"timed_steps": child.timed_steps, "turns": child.turns, "between_turns": lambda _: child.pass_turn()}
-        plain_seconds = time_model_steps(config, images, labels, strategy, False, policy, **turns)
-        return child.seconds(policy, threads), plain_seconds
-    finally:
+    child, failure = xla_timing, None
+    if xla_policy is None and child is not None:  # started early for a run that times no XLA after all
         child.close()
+        child = None
+    elif xla_policy is not None and child is None:
+        try:
+            child = timing_process.TimingProcess(config, xla_policy, threads)
+        except timing_process.TimingFailed as error:
+            failure = str(error)
+    plan = {"timed_steps": timing_process.TIMED_STEPS, "turns": timing_process.TURNS}
+    if child is not None:
+        plan = {"timed_steps": child.timed_steps, "turns": child.turns}
+    dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
+    others = {
+        policy: speed.TurnTaker(build_gan(config, strategy, jit_compile=False, policy=policy), dataset, **plan)
+        for policy in policies[1:]
+    }
+
+    def between_turns(turns_left):
+        nonlocal child, failure
+        for other in others.values():
+            other(turns_left)
+        if child is not None:
+            try:
+                child.pass_turn()
+            except timing_process.TimingFailed as error:  # the plain models go on without it
+                child.close()
+                child, failure = None, str(error)
+
+    try:
+        timing = {**plan, "between_turns": between_turns}
+        first = time_model_steps(config, images, labels, strategy, False, policies[0], **timing)
+        xla_seconds = None
+        if child is not None:
+            try:
+                xla_seconds = child.seconds(xla_policy, threads)
+            except timing_process.TimingFailed as error:
+                failure = str(error)
+        plain = {policies[0]: first, **{policy: other.seconds() for policy, other in others.items()}}
+        return speed.Timings(plain, xla_seconds, failure)
+    finally:
+        if child is not None:
+            child.close()
 
 
 def time_model_steps(config, images, labels, strategy, jit_compile, policy, **timing):

@@ -1,42 +1,57 @@
 import dataclasses
 import json
 import tempfile
+import types
 
 import pytest
 import tensorflow as tf
 from support import tiny_config, tiny_gan
 
-from cgan_keras import speed, timing_process, training
+from cgan_keras import distribute, speed, timing_process, training
 from cgan_keras.config import TrainConfig
 from cgan_keras.data import make_dataset
 
 TINY = tiny_config(steps=5000, log_every=100)
+# Long enough to be timed, `auto` everywhere, on a CPU that computes in bfloat16 natively (`native` fixture).
+AUTO = dataclasses.replace(TINY, mixed_precision="auto")
 
 
-def fake_timer(xla_seconds, plain_seconds):
+@pytest.fixture
+def native(monkeypatch):
+    """Makes `distribute.native_bfloat16` answer `native.value` (default `True`) and hides any GPU."""
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    answer = types.SimpleNamespace(value=True)
+    monkeypatch.setattr(distribute, "native_bfloat16", lambda *args, **kwargs: answer.value)
+    return answer
+
+
+def fake_timer(xla_seconds, plain_seconds, xla_failure=None):
+    """A timer that answers `Timings(plain_seconds, xla_seconds, xla_failure)` and records what it was asked."""
     calls = []
 
-    def time_both(policy="float32"):
-        calls.append(policy)
-        return xla_seconds, plain_seconds
+    def timer(policies, xla_policy):
+        calls.append((policies, xla_policy))
+        return speed.Timings(plain_seconds, xla_seconds, xla_failure)
 
-    return time_both, calls
+    return timer, calls
 
 
-def never_timed(policy="float32"):
+def never_timed(policies, xla_policy):
     raise AssertionError("timed a setting that was forced or reused")
 
 
 @pytest.mark.parametrize("xla_seconds, plain_seconds, expected", [(0.154, 0.196, True), (0.094, 0.070, False)])
 def test_auto_keeps_the_faster_step(xla_seconds, plain_seconds, expected):
-    time_both, calls = fake_timer(xla_seconds, plain_seconds)
-    assert speed.choose_jit_compile("auto", time_both) == (expected, xla_seconds, plain_seconds, "measured")
-    assert len(calls) == 1
+    timer, calls = fake_timer(xla_seconds, {"float32": plain_seconds})
+    choice = speed.choose(TINY, timer)
+    assert (choice.jit_compile, choice.xla_seconds, choice.plain_seconds) == (expected, xla_seconds, plain_seconds)
+    assert choice.reason == "measured" and choice.precision_seconds is None
+    assert calls == [(("float32",), "float32")]
 
 
 @pytest.mark.parametrize("setting, expected", [("on", True), ("off", False)])
 def test_a_forced_setting_is_obeyed_without_timing(setting, expected):
-    assert speed.choose_jit_compile(setting, never_timed)[0] is expected
+    assert speed.choose(dataclasses.replace(TINY, jit_compile=setting), never_timed).jit_compile is expected
     gan = training.build_gan(dataclasses.replace(TINY, jit_compile=setting))
     assert gan.jit_compile is expected
 
@@ -47,19 +62,69 @@ def test_auto_does_not_time_a_short_run_and_means_off():
     assert f"runs of {timing_process.MEASURE_MIN_STEPS:,} steps or more" in choice.summary()
 
 
-def test_xla_that_fails_to_compile_falls_back_to_the_plain_step():
-    def time_both():
-        raise timing_process.TimingFailed("UnimplementedError")
+def test_several_workers_do_not_time_and_train_untimed_auto(native):
+    choice = speed.choose(AUTO, never_timed, can_time=False)
+    assert (choice.jit_compile, choice.policy) == (False, "mixed_bfloat16")
+    assert "does not time runs of several workers" in choice.summary()
 
-    assert speed.choose_jit_compile("auto", time_both) == (False, None, None, "XLA failed here: UnimplementedError")
+
+@pytest.mark.parametrize(
+    "float32_seconds, bfloat16_seconds, expected",
+    [(0.063, 0.080, "float32"), (0.050, 0.041, "mixed_bfloat16")],  # as on two CPUs with avx512_bf16
+)
+def test_auto_precision_keeps_the_faster_policy_where_the_cpu_computes_in_bfloat16(
+    native, float32_seconds, bfloat16_seconds, expected
+):
+    plain = {"float32": float32_seconds, "mixed_bfloat16": bfloat16_seconds}
+    timer, calls = fake_timer(0.098, plain)
+    choice = speed.choose(AUTO, timer)
+    assert calls == [(("float32", "mixed_bfloat16"), "mixed_bfloat16")]  # XLA in the policy untimed auto gives
+    assert (choice.jit_compile, choice.policy, choice.plain_seconds) == (False, expected, plain[expected])
+    assert choice.precision_seconds == plain
+    other = "mixed_bfloat16" if expected == "float32" else "float32"
+    assert f"Precision: {expected} (timed: {plain[expected]:.3f} s/step vs {plain[other]:.3f} s/step in {other})" in (
+        choice.summary()
+    )
+
+
+def test_xla_faster_than_both_precisions_trains_in_the_policy_it_was_timed_in(native):
+    timer, _ = fake_timer(0.030, {"float32": 0.063, "mixed_bfloat16": 0.080})
+    choice = speed.choose(AUTO, timer)
+    assert (choice.jit_compile, choice.policy, choice.plain_seconds) == (True, "mixed_bfloat16", 0.063)
+
+
+@pytest.mark.parametrize(
+    "overrides, native_bfloat16, asked",
+    [
+        ({"jit_compile": "off"}, True, (("float32", "mixed_bfloat16"), None)),  # the precision alone
+        ({}, False, (("float32",), "float32")),  # no bfloat16 here: XLA alone
+        ({"mixed_precision": "on"}, True, (("mixed_bfloat16",), "mixed_bfloat16")),  # forced: XLA alone
+        ({"jit_compile": "on"}, True, None),  # XLA forced: the precision is auto's untimed choice
+        ({"jit_compile": "off"}, False, None),  # nothing to decide
+    ],
+)
+def test_auto_precision_is_timed_only_where_it_decides_something(native, overrides, native_bfloat16, asked):
+    native.value = native_bfloat16
+    timer, calls = fake_timer(0.1, {"float32": 0.05, "mixed_bfloat16": 0.06})
+    choice = speed.choose(dataclasses.replace(AUTO, **overrides), timer if asked else never_timed)
+    assert calls == ([asked] if asked else [])
+    if not asked:
+        assert choice.policy == ("mixed_bfloat16" if native_bfloat16 else "float32")
+
+
+def test_xla_that_fails_to_compile_falls_back_to_the_fastest_plain_step(native):
+    timer, _ = fake_timer(None, {"float32": 0.063, "mixed_bfloat16": 0.080}, xla_failure="UnimplementedError")
+    choice = speed.choose(AUTO, timer)
+    assert (choice.jit_compile, choice.policy, choice.xla_seconds) == (False, "float32", None)
+    assert choice.reason == "XLA failed here: UnimplementedError"
 
 
 def test_a_plain_step_that_fails_is_not_reported_as_xla_failing():
-    def time_both():
+    def timer(policies, xla_policy):
         raise tf.errors.ResourceExhaustedError(None, None, "out of memory in the plain step")
 
     with pytest.raises(tf.errors.ResourceExhaustedError, match="plain step"):
-        speed.choose_jit_compile("auto", time_both)
+        speed.choose(TINY, timer)
 
 
 def test_on_a_gpu_an_xla_step_that_fails_is_a_timing_failure_and_the_plain_step_is_not_timed(monkeypatch, digits):
@@ -71,24 +136,22 @@ def test_on_a_gpu_an_xla_step_that_fails_is_a_timing_failure_and_the_plain_step_
         raise tf.errors.UnimplementedError(None, None, "no XLA kernel for an op")
 
     monkeypatch.setattr(training, "time_model_steps", time_model_steps)
-    with pytest.raises(timing_process.TimingFailed, match="UnimplementedError"):
-        training._time_both(tiny_config(), *digits, None, None, "float32")
+    timings = training.time_candidates(tiny_config(), *digits, None, None, ("float32",), "float32")
+    assert timings == speed.Timings({}, None, "UnimplementedError")
     assert timed == [True]
 
 
-def test_a_timing_process_that_fails_says_why_and_the_run_trains_without_xla():
+def test_a_timing_process_that_fails_says_why_and_the_plain_steps_are_still_timed(digits):
     # The child builds its model with a policy Keras does not know.
     child = timing_process.TimingProcess(tiny_config(), "no_such_policy", 0, warmup_steps=1, timed_steps=2)
-    with pytest.raises(timing_process.TimingFailed, match="exited with code 1: ValueError: .*no_such_policy") as failed:
-        child.pass_turn()  # the first turn: it never got ready
-    child.close()
+    timings = training.time_candidates(tiny_config(), *digits, None, child, ("float32",), "no_such_policy")
+    assert timings.xla_seconds is None and child._process.returncode is not None
+    assert timings.xla_failure.startswith("the timing process exited with code 1: ValueError")
+    assert "no_such_policy" in timings.xla_failure
+    assert list(timings.plain_seconds) == ["float32"] and timings.plain_seconds["float32"] > 0
 
-    def time_both():
-        raise failed.value
-
-    jit_compile, xla_seconds, _, reason = speed.choose_jit_compile("auto", time_both)
-    assert (jit_compile, xla_seconds) == (False, None)
-    assert reason.startswith("XLA failed here: the timing process exited with code 1: ValueError")
+    choice = speed.choose(TINY, lambda policies, xla_policy: timings)
+    assert not choice.jit_compile and choice.reason.startswith("XLA failed here: the timing process exited")
 
 
 def test_a_timing_process_that_cannot_start_fails_as_one_that_crashed(tmp_path, monkeypatch):
@@ -114,17 +177,29 @@ def test_train_py_starts_the_xla_timing_early_only_for_runs_that_time(overrides,
     assert timing_process.wanted(config, resume) is expected
 
 
-def test_the_choice_and_its_figures_are_recorded_and_reused_on_resume(tmp_path):
+def test_the_choice_and_its_figures_are_recorded_and_reused_on_resume(tmp_path, native):
     record = tmp_path / "speed.json"
-    time_both, _ = fake_timer(0.154, 0.196)
-    choice = speed.choose(TINY, time_both, record)
-    assert choice.summary().startswith("XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: float32")
+    timer, _ = fake_timer(0.154, {"float32": 0.196, "mixed_bfloat16": 0.201})
+    choice = speed.choose(AUTO, timer, record)
+    expected = "XLA: 0.154 s/step vs 0.196 s/step without; using XLA. Precision: mixed_bfloat16"
+    assert choice.summary().startswith(expected)
     saved = json.loads(record.read_text())
-    assert saved["jit_compile"] is True and saved["xla_seconds"] == 0.154 and saved["policy"] == "float32"
+    assert saved["jit_compile"] is True and saved["xla_seconds"] == 0.154 and saved["policy"] == "mixed_bfloat16"
+    assert saved["precision_seconds"] == {"float32": 0.196, "mixed_bfloat16": 0.201}
 
-    resumed = speed.choose(TINY, never_timed, record, resume=True)
+    resumed = speed.choose(AUTO, never_timed, record, resume=True)
     assert resumed == choice and resumed.recorded
     assert resumed.summary().endswith("as recorded in speed.json when the run started")
+
+
+def test_a_record_from_before_the_precision_was_timed_is_reused(tmp_path):
+    record = tmp_path / "speed.json"
+    speed.choose(TINY, fake_timer(0.154, {"float32": 0.196})[0], record)
+    saved = json.loads(record.read_text())
+    del saved["precision_seconds"]
+    record.write_text(json.dumps(saved))
+    resumed = speed.choose(TINY, never_timed, record, resume=True)
+    assert (resumed.jit_compile, resumed.policy, resumed.precision_seconds) == (True, "float32", None)
 
 
 def test_a_config_from_before_auto_reads_its_booleans_as_on_and_off():
@@ -199,3 +274,21 @@ def test_timed_steps_are_whole_periods_of_lazy_r1_in_turns(digits):
     assert int(every_step.optimizer.iterations) == 1 + 4
     with pytest.raises(ValueError, match="needs a warm-up step"):
         speed.time_steps(every_step, dataset, warmup_steps=0, between_turns=print)
+
+
+def test_a_turn_taker_trains_whole_turns_in_between_anothers(digits):
+    dataset = make_dataset(*digits, batch_size=16, seed=0)
+    outer, inner = tiny_gan(r1_every=1, r1_interval=3), tiny_gan(r1_every=1, r1_interval=3)
+    other = speed.TurnTaker(inner, dataset, warmup_steps=1, timed_steps=4, turns=2)
+    order = []
+
+    def between_turns(turns_left):
+        order.append((turns_left, int(outer.optimizer.iterations), int(inner.optimizer.iterations)))
+        other(turns_left)
+
+    assert speed.time_steps(outer, dataset, warmup_steps=1, timed_steps=4, turns=2, between_turns=between_turns) > 0
+    # Warmed up before the outer's first turn, then a turn of two periods of 3 after each of the outer's, each
+    # with an untimed first step (its new iterator's start).
+    assert order == [(2, 1, 0), (1, 4, 1), (0, 7, 5)]
+    assert int(inner.optimizer.iterations) == 1 + 2 * (1 + 3)
+    assert len(other.step_seconds) == 6 and other.seconds() > 0

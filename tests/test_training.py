@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support import tiny_config
 
-from cgan_keras import export, timing_process, training
+from cgan_keras import distribute, export, timing_process, training
 from cgan_keras.artifacts import ArtifactWriteError
 from cgan_keras.callbacks import CheckpointError, RunCheckpoint, TrainingDiverged
 from cgan_keras.config import TrainConfig
@@ -302,17 +302,25 @@ def test_timing_xla_in_a_child_process_leaves_the_run_exactly_as_without_timing(
         return time_model_steps(*args, **timing)
 
     monkeypatch.setattr(training, "time_model_steps", time_here)
-    auto = eight_steps(out=str(tmp_path / "auto"))
+    # Where the CPU computes in bfloat16 natively, `auto` times the plain step in both precisions too.
+    auto = eight_steps(out=str(tmp_path / "auto"), mixed_precision="auto")
     training.prepare_directory(auto)
     # Started before the run, as train.py does: the child picks the policy and threads as train.py would.
     early = timing_process.TimingProcess(auto, warmup_steps=1, timed_steps=2, turns=2)
     timed, _ = training.run(auto, *digits, verbose=0, xla_timing=early)
     choice = json.loads((tmp_path / "auto" / "speed.json").read_text())
     assert choice["reason"] == "measured" and choice["xla_seconds"] > 0 and choice["plain_seconds"] > 0
-    assert timed_here == [False]  # the XLA model trained in a child process
+    if distribute.native_bfloat16():
+        assert set(choice["precision_seconds"]) == {"float32", "mixed_bfloat16"}
+    assert timed_here == [False]  # the XLA model trained in a child process; the second precision beside it
     assert timed.jit_compile is choice["jit_compile"]
+    assert timed.generator.dtype_policy.name == choice["policy"]
 
-    forced = eight_steps(out=str(tmp_path / "forced"), jit_compile="on" if choice["jit_compile"] else "off")
+    forced = eight_steps(
+        out=str(tmp_path / "forced"),
+        jit_compile="on" if choice["jit_compile"] else "off",
+        mixed_precision="off" if choice["policy"] == "float32" else "on",
+    )
     training.prepare_directory(forced)
     unused = timing_process.TimingProcess(forced)
     untimed, _ = training.run(forced, *digits, verbose=0, xla_timing=unused)
