@@ -391,11 +391,7 @@ def time_candidates(config, images, labels, strategy, xla_timing, policies, xla_
     plan = {"timed_steps": timing_process.TIMED_STEPS, "turns": timing_process.TURNS}
     if child is not None:
         plan = {"timed_steps": child.timed_steps, "turns": child.turns}
-    dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
-    others = {
-        policy: speed.TurnTaker(build_gan(config, strategy, jit_compile=False, policy=policy), dataset, **plan)
-        for policy in policies[1:]
-    }
+    others = {}
 
     def between_turns(turns_left):
         nonlocal child, failure
@@ -409,6 +405,10 @@ def time_candidates(config, images, labels, strategy, xla_timing, policies, xla_
                 child, failure = None, str(error)
 
     try:
+        dataset = data.make_dataset(images, labels, config.batch_size, seed=config.seed)
+        for policy in policies[1:]:
+            gan = build_gan(config, strategy, jit_compile=False, policy=policy)
+            others[policy] = speed.TurnTaker(gan, dataset, **plan)
         timing = {**plan, "between_turns": between_turns}
         first = time_model_steps(config, images, labels, strategy, False, policies[0], **timing)
         xla_seconds = None
