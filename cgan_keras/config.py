@@ -42,6 +42,9 @@ CHOICES = {
 }
 MAX_THREADS = 1024  # --intra-op-threads
 MAX_CPU_REPLICAS = 64  # --cpu-replicas
+# --eval-per-class: 100,000 digits (~300 MB as float32) at most, refused before training rather than
+# failing the run's final evaluation for want of memory.
+MAX_EVAL_PER_CLASS = 10_000
 
 
 def flag(name):
@@ -102,6 +105,9 @@ class TrainConfig:
         500, "steps between checkpoints (at the first epoch end there or after); one more when the run ends or stops"
     )
     eval_every: int = _field(0, "steps between judge evaluations logged to history.csv; 0: only at the end")
+    eval_per_class: int = _field(
+        1000, "generated digits of each class whose label accuracy an evaluation scores (fewer: faster, noisier)"
+    )
     seed: int = _field(0, "seed of every random choice: weights, noise, digits, shuffling")
     jit_compile: str = _field(
         "auto", "compile the training step with XLA: on, off, or auto (time both, keep the faster)"
@@ -158,6 +164,11 @@ class TrainConfig:
             raise ValueError(
                 f"`intra_op_threads` must be 0 (auto) or a positive integer up to {MAX_THREADS}. "
                 f"Received: intra_op_threads={self.intra_op_threads!r}"
+            )
+        if not is_integer(self.eval_per_class) or not 1 <= self.eval_per_class <= MAX_EVAL_PER_CLASS:
+            raise ValueError(
+                f"`eval_per_class` must be a positive integer up to {MAX_EVAL_PER_CLASS:,}. "
+                f"Received: eval_per_class={self.eval_per_class!r}"
             )
         if self.cpu_replicas > MAX_CPU_REPLICAS:
             raise ValueError(

@@ -276,7 +276,9 @@ def run(
     with GracefulStop() as stop, _writable_directory(out, chief) as out:
         checkpoint = RunCheckpoint(out / "checkpoints", every=config.checkpoint_every)
         evaluations = (
-            [EvaluationCallback(judge, config.eval_every, seed=config.seed)] if judge and config.eval_every else []
+            [EvaluationCallback(judge, config.eval_every, config.eval_per_class, config.seed)]
+            if judge and config.eval_every
+            else []
         )
         fit_callbacks = [
             DivergenceGuard(),
@@ -325,7 +327,12 @@ def run(
         results = None
         if judge is not None and chief:
             results = report.evaluate_and_save(
-                DigitSampler.from_gan(gan), judge, out / "eval.json", seed=config.seed, data=config.data
+                DigitSampler.from_gan(gan),
+                judge,
+                out / "eval.json",
+                per_class=config.eval_per_class,
+                seed=config.seed,
+                data=config.data,
             )
     return gan, results
 

@@ -77,8 +77,10 @@ def test_train_writes_every_artifact(trained_run):
         "generator.onnx", "history.csv", "history.png", "logs", "samples", "serving", "speed.json",
     ]  # fmt: skip
     assert (out / "serving" / "cgan" / "1" / "saved_model.pb").is_file()
+    report = json.loads((out / "eval.json").read_text())
+    assert report["generated"] == 10 * 10 and report["fid_samples"] == 5000  # --eval-per-class 10
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002.keras", "step_000004.keras"]
-    assert "label accuracy" in result.stdout and "judge:" in result.stdout
+    assert "% of 100 generated digits" in result.stdout and "judge:" in result.stdout
     progress = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("step ")]
     assert progress[-2:] == ["step 2/4", "step 4/4"] and "Epoch" not in result.stdout  # one line per --log-every
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["progress.png", "step_000001.png",
@@ -247,13 +249,23 @@ def test_infer_rejects_bad_interpolation_and_truncation_values(capsys, args, mes
     assert message in line
 
 
-def test_train_names_its_flags_in_setting_errors(capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", ""], "--out must name a directory. Received: --out ''"),
+        (
+            ["--eval-per-class", "0"],
+            "--eval-per-class must be a positive integer up to 10,000. Received: --eval-per-class 0",
+        ),
+    ],
+)
+def test_train_names_its_flags_in_setting_errors(capsys, args, message):
     train = import_script("train.py")
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_args(["--out", ""])
+        train.parse_args(args)
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "--out must name a directory. Received: --out ''" in line
+    assert message in line
 
 
 def test_train_names_what_did_not_fit_in_memory():

@@ -166,6 +166,11 @@ def test_r1_settings_reach_the_model_and_bad_ones_are_refused():
         (dict(preset="seed", discriminator_filters=(8, 8)), "three with the seed preset"),
         (dict(intra_op_threads=100_000), "`intra_op_threads` must be 0 (auto) or a positive integer up to 1024"),
         (dict(cpu_replicas=100_000), "`cpu_replicas` must be at most 64"),
+        (
+            dict(eval_per_class=0),
+            "`eval_per_class` must be a positive integer up to 10,000. Received: eval_per_class=0",
+        ),
+        (dict(eval_per_class=10**12), "`eval_per_class` must be a positive integer up to 10,000"),  # not at the end
         (dict(out=""), "`out` must name a directory. Received: out=''"),  # not the current directory
     ],
 )
