@@ -50,8 +50,8 @@ class SpeedChoice:
         policy: the Keras dtype policy of the GAN's layers: `float32`,
             `mixed_float16` or `mixed_bfloat16`.
         xla_seconds: median seconds per step with XLA, when timed (else `None`).
-        plain_seconds: median seconds per step without XLA, when timed (in
-            `policy` if it was timed without XLA, else in the policy XLA was timed in).
+        plain_seconds: median seconds per step without XLA, when timed: the
+            fastest policy's where several were timed (`precision_seconds`).
         measure_seconds: wall time spent timing, model builds and warm-ups included.
         reason: why `jit_compile` is what it is: `measured`, the forcing flag,
             or why `auto` did not measure.
@@ -133,13 +133,16 @@ def intra_op_threads(setting, policy, cpuinfo=None, cores=None):
 
     `auto` is 1 where it was measured faster (a CPU with AMX that oneDNN may
     use, `distribute.usable_cpu_flags`; at most
-    `SINGLE_THREAD_MAX_CORES` usable cores, training in `mixed_bfloat16`),
+    `SINGLE_THREAD_MAX_CORES` usable cores, `policy` `mixed_bfloat16`),
     else 0; a `TF_NUM_INTRAOP_THREADS` in the environment is the user's own
-    choice, which TensorFlow reads itself, so `auto` is then 0 too.
+    choice, which TensorFlow reads itself, so `auto` is then 0 too. Decided
+    before TensorFlow starts, so from the untimed policy: where `choose` then
+    times float32 faster, the run trains in it with these threads (float32
+    tied at one and two threads on the CPU with AMX measured).
 
     Args:
         setting: `--intra-op-threads`: 0 (auto) or the threads to use.
-        policy: the run's dtype policy (`distribute.mixed_precision_policy`).
+        policy: the untimed policy (`distribute.mixed_precision_policy`).
         cpuinfo: the text of `/proc/cpuinfo`; `None` reads it (oneDNN's settings
             come from the environment).
         cores: usable cores; `None` counts this process's.
@@ -240,7 +243,8 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, betwe
     turns where `timed_steps` holds fewer periods), and
     `between_turns(turns_left)`, if given, is called before the first turn
     and after each, down to `turns_left=0` after the last (e.g. to let another
-    process train meanwhile): its time is not counted.
+    process train meanwhile): its time is not counted, nor is the first step
+    of each turn, which follows it (so each turn trains one step more).
 
     Args:
         gan: a compiled `ConditionalGAN`, used up (it trains).
@@ -256,24 +260,30 @@ def time_steps(gan, dataset, warmup_steps=None, timed_steps=None, turns=1, betwe
     if between_turns is not None and warmup_steps < 1:
         raise ValueError(f"Taking turns needs a warm-up step to wait after. Received: warmup_steps={warmup_steps}")
     turns, turn_steps = _turn_plan(gan, timed_steps, turns)
+    # Taking turns, each turn starts with an untimed step, as a `TurnTaker`'s turns do (a new `fit`'s
+    # start there): a side's first step after another's turn finds the caches the other left.
+    lead = 0 if between_turns is None else 1
+    turn_length = lead + turn_steps
 
     def pause(steps_done):
-        turns_done, within_turn = divmod(steps_done - warmup_steps, turn_steps)
+        turns_done, within_turn = divmod(steps_done - warmup_steps, turn_length)
         if between_turns is not None and steps_done >= warmup_steps and not within_turn:
             between_turns(turns - turns_done)
 
     timer = StepTimer(pause)
-    gan.fit(dataset, steps_per_epoch=warmup_steps + turn_steps * turns, epochs=1, verbose=0, callbacks=[timer])
-    return _median_period(gan, timer.step_seconds[warmup_steps:])
+    gan.fit(dataset, steps_per_epoch=warmup_steps + turn_length * turns, epochs=1, verbose=0, callbacks=[timer])
+    in_turns = timer.step_seconds[warmup_steps:]
+    return _median_period(gan, [seconds for step, seconds in enumerate(in_turns) if step % turn_length >= lead])
 
 
 class TurnTaker:
     """Times another model in turns from inside a `time_steps`: pass it as (or call it from) `between_turns`.
 
     Each call trains one turn of its model, in a short `fit` of its own whose
-    first step (the new iterator's start) is not timed; the call before the
-    first turn warms it up instead. So two models in one process take turns
-    as the run's takes turns with `timing_process`' child.
+    first step (the new `fit`'s start) is not timed, as `time_steps` does not
+    time the first step of its turns; the call before the first turn warms it
+    up instead. So two models in one process take turns as the run's takes
+    turns with `timing_process`' child, and their steps are timed alike.
 
     Args:
         gan: a compiled `ConditionalGAN`, used up.

@@ -265,10 +265,11 @@ def test_timed_steps_are_whole_periods_of_lazy_r1_in_turns(digits):
         speed.time_steps(gan, dataset, warmup_steps=1, between_turns=turns_left.append, **timing)
         return int(gan.optimizer.iterations), turns_left
 
-    # 4 timed steps in 2 turns, each rounded up to a period of 3; called before each turn and after the last.
-    assert timed(tiny_gan(r1_every=1, r1_interval=3), timed_steps=4, turns=2) == (1 + 6, [2, 1, 0])
+    # 4 timed steps in 2 turns, each rounded up to a period of 3 after an untimed first step; called before
+    # each turn and after the last.
+    assert timed(tiny_gan(r1_every=1, r1_interval=3), timed_steps=4, turns=2) == (1 + 2 * (1 + 3), [2, 1, 0])
     # 10 steps hold 3 periods of 4: 3 turns of one period, not 5 of one each.
-    assert timed(tiny_gan(r1_every=1, r1_interval=4), timed_steps=10, turns=5) == (1 + 12, [3, 2, 1, 0])
+    assert timed(tiny_gan(r1_every=1, r1_interval=4), timed_steps=10, turns=5) == (1 + 3 * (1 + 4), [3, 2, 1, 0])
     every_step = tiny_gan()
     assert speed.time_steps(every_step, dataset, warmup_steps=1, timed_steps=4) > 0
     assert int(every_step.optimizer.iterations) == 1 + 4
@@ -287,8 +288,30 @@ def test_a_turn_taker_trains_whole_turns_in_between_anothers(digits):
         other(turns_left)
 
     assert speed.time_steps(outer, dataset, warmup_steps=1, timed_steps=4, turns=2, between_turns=between_turns) > 0
-    # Warmed up before the outer's first turn, then a turn of two periods of 3 after each of the outer's, each
-    # with an untimed first step (its new iterator's start).
-    assert order == [(2, 1, 0), (1, 4, 1), (0, 7, 5)]
+    # Warmed up before the outer's first turn, then a turn after each of the outer's; on both sides a turn is
+    # an untimed step and a period of 3.
+    assert order == [(2, 1, 0), (1, 5, 1), (0, 9, 5)]
     assert int(inner.optimizer.iterations) == 1 + 2 * (1 + 3)
-    assert len(other.step_seconds) == 6 and other.seconds() > 0
+    assert len(other.step_seconds) == 2 * 3 and other.seconds() > 0
+
+
+def test_each_policy_timed_is_the_policy_its_model_was_built_in(monkeypatch, digits):
+    built = {}
+
+    class RecordingTurnTaker(speed.TurnTaker):
+        def __init__(self, gan, *args, **kwargs):
+            super().__init__(gan, *args, **kwargs)
+            built["turn taker"] = gan.generator.dtype_policy.name
+
+    time_model_steps = training.time_model_steps
+
+    def recording_time_model_steps(config, images, labels, strategy, jit_compile, policy, **timing):
+        seconds = time_model_steps(config, images, labels, strategy, jit_compile, policy, **timing)
+        built["outer"] = policy
+        return seconds
+
+    monkeypatch.setattr(speed, "TurnTaker", RecordingTurnTaker)
+    monkeypatch.setattr(training, "time_model_steps", recording_time_model_steps)
+    timings = training.time_candidates(tiny_config(), *digits, None, None, ("float32", "mixed_bfloat16"), None)
+    assert built == {"outer": "float32", "turn taker": "mixed_bfloat16"}
+    assert set(timings.plain_seconds) == {"float32", "mixed_bfloat16"} and timings.xla_seconds is None
