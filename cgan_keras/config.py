@@ -115,12 +115,13 @@ class TrainConfig:
     mixed_precision: str = _field(
         "auto",
         "mixed precision: on (float16 on GPUs, bfloat16 on CPUs), off, or auto (float16 on GPUs; on CPUs where "
-        "TensorFlow computes in bfloat16 natively, bfloat16 or float32, whichever is timed faster)",
+        "TensorFlow computes in bfloat16 natively, bfloat16 or float32, whichever is timed faster; bfloat16 "
+        "where nothing is timed: runs under 2,000 steps, --jit-compile on, several workers)",
     )
     intra_op_threads: int = _field(
         0,
-        "TensorFlow threads per op: 0 = auto (1 on 2-core CPUs whose AMX oneDNN uses, training in bfloat16, "
-        "else TensorFlow's)",
+        "TensorFlow threads per op: 0 = auto (1 on 2-core CPUs whose AMX oneDNN uses, where untimed "
+        "--mixed-precision auto gives bfloat16; else TensorFlow's)",
     )
     strategy: str = _field("default", "tf.distribute strategy: default, mirrored or multiworker (TF_CONFIG)")
     cpu_replicas: int = _field(1, "logical CPU devices for --strategy mirrored on a machine without GPUs")

@@ -40,9 +40,10 @@ import numpy as np
 from cgan_keras.config import TrainConfig
 
 # `auto` times runs of at least this many steps (the seed preset's 2,400 and the default
-# 5,650 included): the timing costs ~13 s on machine A (the child's start, two model builds,
-# tracing, XLA compilation, 2 x 12 steps), the time of ~300 of the run's steps: a few
-# percent of such a run, but most of a short test run.
+# 5,650 included): the timing cost ~13 s on machine A (the child's start, two model builds,
+# tracing, XLA compilation, 2 x 12 steps), the time of ~300 of the run's steps, and ~25 s
+# on machine D with the precision timed too (a third model): a few percent of such a run,
+# but most of a short test run.
 MEASURE_MIN_STEPS = 2000
 WARMUP_STEPS = 2  # untimed: the first step traces (and with XLA compiles) the step function
 TIMED_STEPS = 10
